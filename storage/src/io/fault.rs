@@ -1,0 +1,1 @@
+//! Placeholder until the fault-injecting file system lands.
