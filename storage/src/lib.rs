@@ -2,7 +2,8 @@
 //! energy readings, partitioned by (table, device, month).
 //!
 //! - [`Store`] is the entry point: [`Store::append`] returns once a batch is
-//!   durable, [`Store::scan`] streams Arrow record batches.
+//!   durable, [`Store::scan`] streams Arrow record batches of a consistent
+//!   snapshot.
 //! - Appends go to the write-ahead log ([`wal`]) with group commit, then into
 //!   an in-memory buffer that scans read at once.
 //! - When the buffer fills it is sealed into immutable segment files
@@ -13,14 +14,25 @@
 //! - All file I/O goes through [`io::Vfs`] and time through [`clock::Clock`],
 //!   so tests can inject crashes, I/O errors and time.
 //!
-//! The byte layout of every file is in `docs/storage-format.md`.
+//! The byte layout of every file, the commit protocol and what is assumed of
+//! the disk are in `docs/storage-format.md`.
 
+mod batch;
+mod catalog;
 pub mod clock;
 pub mod error;
 pub mod io;
+mod memtable;
+mod merge;
 pub mod model;
+mod scan;
 pub mod segment;
+mod store;
+mod varint;
 pub mod wal;
 
+pub use catalog::TableDef;
 pub use error::{Error, Result};
 pub use model::{ChannelType, Month, Reading, Value};
+pub use scan::{Scan, ScanMetrics, ScanRequest, table_schema};
+pub use store::{AppendReceipt, PartitionInfo, RecoveryEvent, Store, StoreOptions};

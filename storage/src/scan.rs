@@ -1,0 +1,481 @@
+//! Scans: a consistent snapshot of one table, pruned by device, month and
+//! block statistics, streamed as Arrow record batches.
+//!
+//! A scan takes its snapshot under the state lock (segment handles and a
+//! copy of the matching buffered rows) and decodes afterwards, so appends,
+//! sealing and compaction go on while it runs. Within a partition, blocks
+//! and buffered rows whose time ranges do not overlap stream one at a time;
+//! overlapping ones are merged, sorted and deduplicated (last write wins).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, ArrayRef, RecordBatch, RecordBatchOptions, StringArray, TimestampNanosecondArray,
+    new_null_array,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::catalog::TableDef;
+use crate::error::{Error, Result};
+use crate::memtable::MemRows;
+use crate::merge::{dedup_order, take, take_values};
+use crate::model::{ChannelType, DEVICE_COLUMN, Month, TIME_COLUMN};
+use crate::segment::SegmentReader;
+use crate::store::State;
+
+/// Largest batch a scan yields.
+const MAX_BATCH_ROWS: usize = 65_536;
+
+/// What to read. `Default` plus a table name reads everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanRequest {
+    pub table: String,
+    /// Only these devices; `None` for all.
+    pub devices: Option<Vec<String>>,
+    /// Inclusive lower bound, ns since the epoch.
+    pub start: Option<i64>,
+    /// Exclusive upper bound, ns since the epoch.
+    pub end: Option<i64>,
+    /// Output columns in this order (`time`, `device` and channel names);
+    /// `None` for `time`, `device` and every channel.
+    pub columns: Option<Vec<String>>,
+    /// Skip blocks that fail their checksum (listed in [`Scan::damaged`])
+    /// instead of failing the scan.
+    pub skip_damaged: bool,
+}
+
+impl ScanRequest {
+    pub fn table(name: impl Into<String>) -> Self {
+        ScanRequest {
+            table: name.into(),
+            ..ScanRequest::default()
+        }
+    }
+
+    pub fn devices<S: Into<String>>(mut self, devices: impl IntoIterator<Item = S>) -> Self {
+        self.devices = Some(devices.into_iter().map(Into::into).collect());
+        self
+    }
+
+    pub fn range(mut self, start: Option<i64>, end: Option<i64>) -> Self {
+        self.start = start;
+        self.end = end;
+        self
+    }
+
+    pub fn columns<S: Into<String>>(mut self, columns: impl IntoIterator<Item = S>) -> Self {
+        self.columns = Some(columns.into_iter().map(Into::into).collect());
+        self
+    }
+}
+
+/// Counters of one scan, for pruning tests and `EXPLAIN ANALYZE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanMetrics {
+    /// Partitions that passed device and month pruning.
+    pub partitions: usize,
+    pub blocks_total: usize,
+    /// Blocks skipped by their time statistics without being read.
+    pub blocks_pruned: usize,
+    pub blocks_read: usize,
+    pub buffered_rows: usize,
+    pub rows_out: usize,
+}
+
+/// The Arrow schema of a table: `time`, `device`, then the channels.
+pub fn table_schema(def: &TableDef) -> SchemaRef {
+    let mut fields = vec![time_field(), device_field()];
+    fields.extend(
+        def.channels
+            .iter()
+            .map(|(name, ty)| Field::new(name, ty.arrow_type(), true)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+fn time_field() -> Field {
+    Field::new(
+        TIME_COLUMN,
+        DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        false,
+    )
+}
+
+fn device_field() -> Field {
+    Field::new(DEVICE_COLUMN, DataType::Utf8, false)
+}
+
+#[derive(Debug, Clone)]
+enum OutCol {
+    Time,
+    Device,
+    /// Position among the scan's channels (`Scan::channels`).
+    Channel(usize),
+}
+
+#[derive(Debug)]
+struct PartSnap {
+    device: String,
+    segments: Vec<Arc<SegmentReader>>,
+    mem: Vec<MemRows>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Block { seg: usize, block: usize },
+    Mem(usize),
+}
+
+/// A partition being read: its snapshot and the clusters of units not yet decoded.
+#[derive(Debug)]
+struct Current {
+    part: PartSnap,
+    clusters: VecDeque<Vec<Unit>>,
+}
+
+/// Decoded rows of one unit or cluster, before they become a batch.
+#[derive(Debug)]
+struct Rows {
+    times: Vec<i64>,
+    seqs: Vec<u64>,
+    cols: Vec<Option<ArrayRef>>,
+}
+
+/// A running scan: an iterator of record batches in (device, month, time)
+/// order, each partition sorted by time without duplicate timestamps.
+#[derive(Debug)]
+pub struct Scan {
+    schema: SchemaRef,
+    out: Vec<OutCol>,
+    /// Projected channels: name and type.
+    channels: Vec<(String, ChannelType)>,
+    start: i64,
+    end: i64,
+    skip_damaged: bool,
+    parts: VecDeque<PartSnap>,
+    current: Option<Current>,
+    pending: VecDeque<RecordBatch>,
+    metrics: ScanMetrics,
+    damaged: Vec<Error>,
+}
+
+pub(crate) fn snapshot(
+    def: &TableDef,
+    req: &ScanRequest,
+    state: &State,
+    cutoff: Option<i64>,
+) -> Result<Scan> {
+    let start = req.start.unwrap_or(i64::MIN).max(cutoff.unwrap_or(i64::MIN));
+    let end = req.end.unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    let mut channels = Vec::new();
+    let mut fields = Vec::new();
+    let names: Vec<String> = match &req.columns {
+        Some(c) => c.clone(),
+        None => [TIME_COLUMN, DEVICE_COLUMN]
+            .into_iter()
+            .map(String::from)
+            .chain(def.channels.iter().map(|c| c.0.clone()))
+            .collect(),
+    };
+    for name in names {
+        match name.as_str() {
+            TIME_COLUMN => {
+                out.push(OutCol::Time);
+                fields.push(time_field());
+            }
+            DEVICE_COLUMN => {
+                out.push(OutCol::Device);
+                fields.push(device_field());
+            }
+            _ => {
+                let idx = def.channel_index(&name).ok_or_else(|| Error::UnknownColumn {
+                    table: def.name.clone(),
+                    column: name.clone(),
+                })?;
+                let ty = def.channels[idx].1;
+                out.push(OutCol::Channel(channels.len()));
+                fields.push(Field::new(&name, ty.arrow_type(), true));
+                channels.push((name, ty));
+            }
+        }
+    }
+    let channel_idx: Vec<usize> = channels
+        .iter()
+        .filter_map(|(n, _)| def.channel_index(n))
+        .collect();
+    let device_ok = |d: &str| req.devices.as_ref().is_none_or(|ds| ds.iter().any(|x| x == d));
+    let month_ok = |m: &Month| m.end_ns() > start && m.start_ns() < end;
+
+    let mut parts: std::collections::BTreeMap<(String, Month), PartSnap> = Default::default();
+    for ((table, device, month), segs) in &state.parts {
+        if table == &def.name && device_ok(device) && month_ok(month) {
+            parts.insert(
+                (device.clone(), *month),
+                PartSnap {
+                    device: device.clone(),
+                    segments: segs.clone(),
+                    mem: Vec::new(),
+                },
+            );
+        }
+    }
+    let mut buffered_rows = 0;
+    let mems = state.frozen.iter().map(|f| &f.mem).chain(std::iter::once(&state.active));
+    for mem in mems {
+        for (device, month, part) in mem.partitions(&def.name, &device_ok, start, end) {
+            if let Some(rows) = part.extract(start, end, &channel_idx) {
+                buffered_rows += rows.times.len();
+                parts
+                    .entry((device.to_owned(), month))
+                    .or_insert_with(|| PartSnap {
+                        device: device.to_owned(),
+                        segments: Vec::new(),
+                        mem: Vec::new(),
+                    })
+                    .mem
+                    .push(rows);
+            }
+        }
+    }
+    Ok(Scan {
+        schema: Arc::new(Schema::new(fields)),
+        out,
+        channels,
+        start,
+        end,
+        skip_damaged: req.skip_damaged,
+        metrics: ScanMetrics {
+            partitions: parts.len(),
+            buffered_rows,
+            ..ScanMetrics::default()
+        },
+        parts: parts.into_values().collect(),
+        current: None,
+        pending: VecDeque::new(),
+        damaged: Vec::new(),
+    })
+}
+
+impl Scan {
+    /// The schema of every batch this scan yields.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn metrics(&self) -> &ScanMetrics {
+        &self.metrics
+    }
+
+    /// Damaged blocks skipped so far (only with `skip_damaged`).
+    pub fn damaged(&self) -> &[Error] {
+        &self.damaged
+    }
+
+    /// Groups a partition's units into clusters of overlapping time ranges,
+    /// after pruning blocks by their statistics.
+    fn plan(&mut self, part: PartSnap) -> Current {
+        let mut units: Vec<(i64, i64, Unit)> = Vec::new();
+        for (si, seg) in part.segments.iter().enumerate() {
+            for (bi, b) in seg.blocks().iter().enumerate() {
+                self.metrics.blocks_total += 1;
+                if b.max_time < self.start || b.min_time >= self.end {
+                    self.metrics.blocks_pruned += 1;
+                } else {
+                    units.push((b.min_time, b.max_time, Unit::Block { seg: si, block: bi }));
+                }
+            }
+        }
+        for (mi, m) in part.mem.iter().enumerate() {
+            let min = m.times.iter().copied().min().unwrap_or(i64::MAX);
+            let max = m.times.iter().copied().max().unwrap_or(i64::MIN);
+            units.push((min, max, Unit::Mem(mi)));
+        }
+        units.sort_by_key(|u| (u.0, u.1));
+        let mut clusters: VecDeque<Vec<Unit>> = VecDeque::new();
+        let mut cluster_max = i64::MIN;
+        for (min, max, unit) in units {
+            match clusters.back_mut() {
+                Some(c) if min <= cluster_max => {
+                    c.push(unit);
+                    cluster_max = cluster_max.max(max);
+                }
+                _ => {
+                    clusters.push_back(vec![unit]);
+                    cluster_max = max;
+                }
+            }
+        }
+        Current { part, clusters }
+    }
+
+    fn decode_unit(&mut self, part: &PartSnap, unit: Unit) -> Result<Option<Rows>> {
+        match unit {
+            Unit::Mem(i) => {
+                let m = &part.mem[i];
+                Ok(Some(Rows {
+                    times: m.times.clone(),
+                    seqs: m.seqs.clone(),
+                    cols: m.cols.clone(),
+                }))
+            }
+            Unit::Block { seg, block } => {
+                let seg = &part.segments[seg];
+                self.metrics.blocks_read += 1;
+                let decoded = (|| -> Result<Rows> {
+                    let times = seg.read_times(block)?;
+                    let lo = times.partition_point(|t| *t < self.start);
+                    let hi = times.partition_point(|t| *t < self.end);
+                    let mut cols = Vec::with_capacity(self.channels.len());
+                    for (name, _) in &self.channels {
+                        let col = match seg.meta().columns.iter().position(|c| &c.0 == name) {
+                            Some(i) => Some(seg.read_column(block, i)?.slice(lo, hi - lo)),
+                            None => None,
+                        };
+                        cols.push(col);
+                    }
+                    let n = hi - lo;
+                    Ok(Rows {
+                        times: times[lo..hi].to_vec(),
+                        seqs: vec![seg.meta().max_seq; n],
+                        cols,
+                    })
+                })();
+                match decoded {
+                    Ok(rows) => Ok(Some(rows)),
+                    Err(e @ Error::Corrupt { .. }) if self.skip_damaged => {
+                        tracing::error!("scan skipped a damaged block: {e}");
+                        self.damaged.push(e);
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Decodes one cluster into batches on `pending`.
+    fn run_cluster(&mut self, part: &PartSnap, cluster: &[Unit]) -> Result<()> {
+        let mut chunks = Vec::with_capacity(cluster.len());
+        for unit in cluster {
+            if let Some(rows) = self.decode_unit(part, *unit)? {
+                chunks.push(rows);
+            }
+        }
+        let needs_merge = chunks.len() > 1 || cluster.iter().any(|u| matches!(u, Unit::Mem(_)));
+        let rows = if chunks.len() == 1 {
+            chunks.pop().unwrap_or(Rows {
+                times: Vec::new(),
+                seqs: Vec::new(),
+                cols: Vec::new(),
+            })
+        } else {
+            self.concat(chunks)?
+        };
+        let rows = if needs_merge {
+            match dedup_order(&rows.times, &rows.seqs) {
+                None => rows,
+                Some(order) => Rows {
+                    times: take_values(&rows.times, &order),
+                    seqs: Vec::new(),
+                    cols: rows
+                        .cols
+                        .iter()
+                        .map(|c| c.as_ref().map(|a| take(a, &order)).transpose())
+                        .collect::<Result<_>>()?,
+                },
+            }
+        } else {
+            rows
+        };
+        if rows.times.is_empty() {
+            return Ok(());
+        }
+        let batch = self.to_batch(&part.device, rows)?;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = MAX_BATCH_ROWS.min(batch.num_rows() - offset);
+            self.pending.push_back(batch.slice(offset, len));
+            offset += len;
+        }
+        Ok(())
+    }
+
+    fn concat(&self, chunks: Vec<Rows>) -> Result<Rows> {
+        let mut times = Vec::new();
+        let mut seqs = Vec::new();
+        let mut cols = Vec::with_capacity(self.channels.len());
+        for (ci, (_, ty)) in self.channels.iter().enumerate() {
+            if chunks.iter().all(|c| c.cols[ci].is_none()) {
+                cols.push(None);
+                continue;
+            }
+            let arrays: Vec<ArrayRef> = chunks
+                .iter()
+                .map(|c| {
+                    c.cols[ci]
+                        .clone()
+                        .unwrap_or_else(|| new_null_array(&ty.arrow_type(), c.times.len()))
+                })
+                .collect();
+            let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+            cols.push(Some(arrow_select::concat::concat(&refs).map_err(|e| {
+                Error::Internal(format!("concatenating scan columns failed: {e}"))
+            })?));
+        }
+        for c in chunks {
+            times.extend(c.times);
+            seqs.extend(c.seqs);
+        }
+        Ok(Rows { times, seqs, cols })
+    }
+
+    fn to_batch(&mut self, device: &str, rows: Rows) -> Result<RecordBatch> {
+        let n = rows.times.len();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.out.len());
+        let time: ArrayRef = Arc::new(TimestampNanosecondArray::from(rows.times).with_timezone("UTC"));
+        for col in &self.out {
+            columns.push(match col {
+                OutCol::Time => time.clone(),
+                OutCol::Device => Arc::new(StringArray::from(vec![device; n])),
+                OutCol::Channel(i) => rows.cols[*i]
+                    .clone()
+                    .unwrap_or_else(|| new_null_array(&self.channels[*i].1.arrow_type(), n)),
+            });
+        }
+        self.metrics.rows_out += n;
+        RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )
+        .map_err(|e| Error::Internal(format!("building a scan batch failed: {e}")))
+    }
+}
+
+impl Iterator for Scan {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(batch) = self.pending.pop_front() {
+                return Some(Ok(batch));
+            }
+            let mut current = match self.current.take() {
+                Some(c) => c,
+                None => {
+                    let part = self.parts.pop_front()?;
+                    self.plan(part)
+                }
+            };
+            if let Some(cluster) = current.clusters.pop_front() {
+                let result = self.run_cluster(&current.part, &cluster);
+                self.current = Some(current);
+                if let Err(e) = result {
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

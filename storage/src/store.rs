@@ -1,0 +1,631 @@
+//! [`Store`]: the durable write path, the partition index and the background
+//! work (sealing, compaction, retention) that keeps it small and fast.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrow_schema::SchemaRef;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::batch;
+use crate::catalog::{Catalog, TableDef};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::io::{DirLock, RealFs, Vfs};
+use crate::memtable::{Memtable, PreparedRow};
+use crate::model::{Month, Reading};
+use crate::scan::{self, Scan, ScanRequest};
+use crate::segment::{SegmentReader, WriteOptions};
+use crate::wal::{self, Wal, WalOptions};
+
+mod maintenance;
+mod recovery;
+
+pub use recovery::RecoveryEvent;
+
+const LOCK_FILE: &str = "LOCK";
+const WAL_DIR: &str = "wal";
+const TABLES_DIR: &str = "tables";
+const QUARANTINE_DIR: &str = "quarantine";
+pub(crate) const SEGMENT_EXT: &str = "wseg";
+
+/// Settings of a [`Store`]. `Default` gives the production defaults.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub vfs: Arc<dyn Vfs>,
+    pub clock: Arc<dyn Clock>,
+    /// Memory for buffered rows (active plus being sealed). Sealing starts at
+    /// half of it; appends wait when all of it is in use.
+    pub buffer_bytes: usize,
+    /// Seal buffered rows at least this often, so restarts replay little WAL.
+    pub seal_interval: Duration,
+    /// How long the WAL gathers concurrent appends into one fdatasync.
+    pub group_commit_window: Duration,
+    pub wal_segment_bytes: u64,
+    /// Rows per column block in segment files.
+    pub block_rows: usize,
+    pub zstd_level: i32,
+    /// A partition is compacted once it has this many segment files.
+    pub compact_min_segments: usize,
+    /// Upper bound of rows merged in one compaction (bounds its memory).
+    pub compact_max_rows: usize,
+    /// How often the maintenance thread looks for compaction and retention work.
+    pub maintenance_interval: Duration,
+    /// Run sealing, compaction and retention in background threads. Tests
+    /// that drive them by hand turn this off.
+    pub background: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            vfs: Arc::new(RealFs),
+            clock: Arc::new(SystemClock),
+            buffer_bytes: 256 << 20,
+            seal_interval: Duration::from_secs(600),
+            group_commit_window: Duration::from_millis(2),
+            wal_segment_bytes: 64 << 20,
+            block_rows: 65_536,
+            zstd_level: 7,
+            compact_min_segments: 4,
+            compact_max_rows: 1 << 20,
+            maintenance_interval: Duration::from_secs(10),
+            background: true,
+        }
+    }
+}
+
+/// What a successful [`Store::append`] guarantees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendReceipt {
+    /// The WAL sequence number of the batch.
+    pub seq: u64,
+    pub rows: usize,
+}
+
+/// One (table, device, month) partition as it is on disk and in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionInfo {
+    pub table: String,
+    pub device: String,
+    pub month: Month,
+    /// Rows in segment files (before cross-file deduplication) plus buffered rows.
+    pub rows: u64,
+    pub buffered_rows: u64,
+    pub segments: usize,
+    pub bytes_on_disk: u64,
+}
+
+/// The WAL carries each batch's prepared rows to the commit callback.
+pub(crate) type StoreWal = Wal<Vec<PreparedRow>>;
+
+pub(crate) type PartKey = (String, String, Month);
+
+/// A frozen buffer waiting to be sealed, with the last WAL sequence number it
+/// covers: once it is sealed, WAL files up to that number can go.
+#[derive(Debug)]
+pub(crate) struct Frozen {
+    pub(crate) mem: Memtable,
+    pub(crate) through_seq: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) active: Memtable,
+    /// Oldest first.
+    pub(crate) frozen: Vec<Arc<Frozen>>,
+    /// Segment files of each partition, ordered by their WAL sequence range.
+    pub(crate) parts: BTreeMap<PartKey, Vec<Arc<SegmentReader>>>,
+}
+
+impl State {
+    fn buffered_bytes(&self) -> usize {
+        self.active.bytes() + self.frozen.iter().map(|f| f.mem.bytes()).sum::<usize>()
+    }
+}
+
+/// Everything the background threads and the WAL callback share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) opts: StoreOptions,
+    pub(crate) catalog: Mutex<Catalog>,
+    /// Bumped on every catalog change, so sealing saves it only when needed.
+    pub(crate) catalog_version: Mutex<(u64, u64)>,
+    pub(crate) state: RwLock<State>,
+    /// Woken when buffer space frees up or the store shuts down.
+    pub(crate) space: Condvar,
+    pub(crate) space_lock: Mutex<()>,
+    /// Wakes the sealing thread.
+    pub(crate) seal_wanted: Mutex<bool>,
+    pub(crate) seal_signal: Condvar,
+    pub(crate) shutdown: AtomicBool,
+    /// One sealer at a time: `flush` may run while the background thread does.
+    pub(crate) seal_lock: Mutex<()>,
+    pub(crate) compact_lock: Mutex<()>,
+    /// The last background failure, for health reporting.
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn vfs(&self) -> &dyn Vfs {
+        self.opts.vfs.as_ref()
+    }
+
+    pub(crate) fn tables_dir(&self) -> PathBuf {
+        self.dir.join(TABLES_DIR)
+    }
+
+    pub(crate) fn quarantine_dir(&self) -> PathBuf {
+        self.dir.join(QUARANTINE_DIR)
+    }
+
+    pub(crate) fn partition_dir(&self, table: &str, device: &str, month: Month) -> PathBuf {
+        self.tables_dir()
+            .join(table)
+            .join(device)
+            .join(month.to_string())
+    }
+
+    pub(crate) fn write_options(&self) -> WriteOptions {
+        WriteOptions {
+            block_rows: self.opts.block_rows,
+            zstd_level: self.opts.zstd_level,
+        }
+    }
+
+    fn request_seal(&self) {
+        *self.seal_wanted.lock() = true;
+        self.seal_signal.notify_all();
+    }
+
+    fn on_commit(&self, committed: Vec<(u64, Vec<PreparedRow>)>) {
+        let mut state = self.state.write();
+        for (seq, rows) in committed {
+            for row in rows {
+                state.active.insert(seq, row);
+            }
+        }
+        let full = state.active.bytes() >= self.opts.buffer_bytes / 2;
+        drop(state);
+        if full {
+            self.request_seal();
+        }
+    }
+}
+
+/// The store. Cheap to share behind an `Arc`; every method takes `&self`.
+///
+/// Opening takes an exclusive lock on the data directory, replays the WAL and
+/// starts the background threads (unless `background` is off). Dropping the
+/// store stops them; [`Store::close`] also seals buffered rows first.
+#[derive(Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    wal: Arc<StoreWal>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    recovery: Vec<RecoveryEvent>,
+    closed: AtomicBool,
+    _lock: DirLock,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, recovering whatever a crash
+    /// left behind. Damage found on the way is isolated and listed in
+    /// [`Store::recovery_report`]; it does not stop the store from opening.
+    pub fn open(dir: impl Into<PathBuf>, opts: StoreOptions) -> Result<Store> {
+        let dir = dir.into();
+        let vfs = opts.vfs.clone();
+        vfs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = vfs.lock(&lock_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                Error::Locked { path: dir.clone() }
+            } else {
+                Error::io(&lock_path, e)
+            }
+        })?;
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            opts: opts.clone(),
+            catalog: Mutex::new(Catalog::default()),
+            catalog_version: Mutex::new((0, 0)),
+            state: RwLock::new(State::default()),
+            space: Condvar::new(),
+            space_lock: Mutex::new(()),
+            seal_wanted: Mutex::new(false),
+            seal_signal: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            seal_lock: Mutex::new(()),
+            compact_lock: Mutex::new(()),
+            last_error: Mutex::new(None),
+        });
+        let mut report = Vec::new();
+        let recovered = recovery::load_segments(&shared, &mut report)?;
+        let on_commit = {
+            let shared = shared.clone();
+            Box::new(move |committed: Vec<(u64, Vec<PreparedRow>)>| shared.on_commit(committed))
+        };
+        let wal_opts = WalOptions {
+            segment_bytes: opts.wal_segment_bytes,
+            group_commit_window: opts.group_commit_window,
+            quarantine_dir: Some(shared.quarantine_dir()),
+            ..WalOptions::default()
+        };
+        let mut replay = |seq: u64, payload: &[u8]| -> Result<()> {
+            recovery::replay_record(&shared, &recovered, seq, payload, &mut report);
+            Ok(())
+        };
+        let (wal, wal_events) = Wal::open(
+            vfs.clone(),
+            dir.join(WAL_DIR),
+            wal_opts,
+            recovered.next_seq,
+            &mut replay,
+            on_commit,
+        )?;
+        report.extend(wal_events.into_iter().map(RecoveryEvent::Wal));
+        for event in &report {
+            tracing::warn!(data_dir = %dir.display(), "recovery: {event}");
+        }
+        let store = Store {
+            shared,
+            wal: Arc::new(wal),
+            threads: Mutex::new(Vec::new()),
+            recovery: report,
+            closed: AtomicBool::new(false),
+            _lock: lock,
+        };
+        if opts.background {
+            store.start_background();
+        }
+        Ok(store)
+    }
+
+    /// Opens a store on the real file system with default settings.
+    pub fn open_default(dir: impl Into<PathBuf>) -> Result<Store> {
+        Store::open(dir, StoreOptions::default())
+    }
+
+    fn start_background(&self) {
+        let mut threads = self.threads.lock();
+        let wal = self.wal.clone();
+        let shared = self.shared.clone();
+        let sealer = std::thread::Builder::new()
+            .name("wattson-seal".into())
+            .spawn(move || maintenance::seal_loop(&shared, &wal));
+        let shared = self.shared.clone();
+        let maint = std::thread::Builder::new()
+            .name("wattson-maintenance".into())
+            .spawn(move || maintenance::maintenance_loop(&shared));
+        for t in [sealer, maint] {
+            match t {
+                Ok(handle) => threads.push(handle),
+                Err(e) => tracing::error!("could not start a storage background thread: {e}"),
+            }
+        }
+    }
+
+    /// Appends a batch of readings and returns once the whole batch is durable.
+    ///
+    /// # Durability contract
+    /// - `Ok` means every reading of the batch is in the write-ahead log and
+    ///   the log was fdatasync'd: it survives a process crash and a power loss
+    ///   (given a disk that honours fsync, see `docs/storage-format.md`). It is
+    ///   also visible to every scan that starts after this call returns.
+    /// - `Err` means none of the batch was acknowledged. Validation errors
+    ///   ([`Error::TypeConflict`], [`Error::InvalidInput`],
+    ///   [`Error::BeyondRetention`]) guarantee nothing was written. After an
+    ///   I/O failure ([`Error::WalPoisoned`]) the batch may or may not be on
+    ///   disk and appear after a restart; retrying it is safe because
+    ///   `(table, device, time)` is a key and the last write wins.
+    /// - Concurrent appends share one fdatasync (group commit): the wait is
+    ///   at most the commit window plus one fsync when the disk keeps up.
+    /// - When the buffer is full and sealing falls behind, `append` blocks
+    ///   until space frees up: backpressure, never loss.
+    pub fn append(&self, readings: Vec<Reading>) -> Result<AppendReceipt> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let rows = readings.len();
+        if rows == 0 {
+            return Ok(AppendReceipt {
+                seq: self.wal.last_committed_seq(),
+                rows: 0,
+            });
+        }
+        self.wait_for_space()?;
+        let payload = batch::encode(&readings);
+        let prepared = {
+            let mut catalog = self.shared.catalog.lock();
+            self.check_retention(&catalog, &readings)?;
+            let before = catalog_shape(&catalog);
+            catalog.admit(&readings)?;
+            if catalog_shape(&catalog) != before {
+                self.shared.catalog_version.lock().0 += 1;
+            }
+            prepare(&catalog, readings)?
+        };
+        let seq = self.wal.append(payload, prepared)?;
+        Ok(AppendReceipt { seq, rows })
+    }
+
+    fn check_retention(&self, catalog: &Catalog, readings: &[Reading]) -> Result<()> {
+        let now = self.shared.opts.clock.now_ns();
+        for r in readings {
+            if let Some(cutoff) = catalog.table(&r.table).and_then(|d| d.cutoff_ns(now))
+                && Month::of(r.time).end_ns() <= cutoff
+            {
+                return Err(Error::BeyondRetention {
+                    table: r.table.clone(),
+                    time_ns: r.time,
+                    cutoff_ns: cutoff,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_for_space(&self) -> Result<()> {
+        let limit = self.shared.opts.buffer_bytes;
+        let mut guard = self.shared.space_lock.lock();
+        loop {
+            if self.shared.state.read().buffered_bytes() < limit {
+                return Ok(());
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            self.shared.request_seal();
+            self.shared
+                .space
+                .wait_for(&mut guard, Duration::from_millis(100));
+        }
+    }
+
+    /// Starts a scan. The scan sees a consistent snapshot: the rows of every
+    /// append that returned before this call, and none that start after it.
+    pub fn scan(&self, req: &ScanRequest) -> Result<Scan> {
+        let def = self
+            .table(&req.table)
+            .ok_or_else(|| Error::UnknownTable(req.table.clone()))?;
+        let now = self.shared.opts.clock.now_ns();
+        let state = self.shared.state.read();
+        scan::snapshot(&def, req, &state, def.cutoff_ns(now))
+    }
+
+    /// The tables and their schemas.
+    pub fn tables(&self) -> Vec<TableDef> {
+        self.shared.catalog.lock().tables.values().cloned().collect()
+    }
+
+    pub fn table(&self, name: &str) -> Option<TableDef> {
+        self.shared.catalog.lock().table(name).cloned()
+    }
+
+    /// The Arrow schema scans of `table` produce when no projection is given.
+    pub fn schema(&self, table: &str) -> Option<SchemaRef> {
+        self.table(table).map(|d| scan::table_schema(&d))
+    }
+
+    /// Sets or clears a table's retention period. Takes effect at the next
+    /// maintenance round or [`Store::enforce_retention`], and for appends at once.
+    pub fn set_retention(&self, table: &str, retention: Option<Duration>) -> Result<()> {
+        let mut catalog = self.shared.catalog.lock();
+        if catalog.table(table).is_none() {
+            return Err(Error::UnknownTable(table.to_owned()));
+        }
+        let mut next = catalog.clone();
+        next.table_mut(table).retention = retention;
+        next.save(self.shared.vfs(), &self.shared.dir)?;
+        *catalog = next;
+        Ok(())
+    }
+
+    /// Drops every month that has fallen out of its table's retention period.
+    /// Returns the number of partitions removed.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        maintenance::enforce_retention(&self.shared)
+    }
+
+    /// Seals every buffered row into segment files and trims the WAL.
+    pub fn flush(&self) -> Result<()> {
+        maintenance::seal_all(&self.shared, &self.wal)
+    }
+
+    /// Compacts every partition that has more than one segment file, within
+    /// the row bound. Returns how many partitions were compacted.
+    pub fn compact(&self) -> Result<usize> {
+        maintenance::compact_all(&self.shared, 2)
+    }
+
+    /// Every partition with its size.
+    pub fn partitions(&self) -> Vec<PartitionInfo> {
+        let state = self.shared.state.read();
+        let mut out: BTreeMap<PartKey, PartitionInfo> = BTreeMap::new();
+        for ((table, device, month), segs) in &state.parts {
+            out.insert(
+                (table.clone(), device.clone(), *month),
+                PartitionInfo {
+                    table: table.clone(),
+                    device: device.clone(),
+                    month: *month,
+                    rows: segs.iter().map(|s| s.rows()).sum(),
+                    buffered_rows: 0,
+                    segments: segs.len(),
+                    bytes_on_disk: segs.iter().map(|s| s.file_len()).sum(),
+                },
+            );
+        }
+        let mems = std::iter::once(&state.active).chain(state.frozen.iter().map(|f| &f.mem));
+        for mem in mems {
+            for (table, device, month, part) in mem.all() {
+                let info = out
+                    .entry((table.to_owned(), device.to_owned(), month))
+                    .or_insert_with(|| PartitionInfo {
+                        table: table.to_owned(),
+                        device: device.to_owned(),
+                        month,
+                        rows: 0,
+                        buffered_rows: 0,
+                        segments: 0,
+                        bytes_on_disk: 0,
+                    });
+                info.rows += part.rows() as u64;
+                info.buffered_rows += part.rows() as u64;
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// What recovery found and repaired when the store was opened.
+    pub fn recovery_report(&self) -> &[RecoveryEvent] {
+        &self.recovery
+    }
+
+    /// Checks every checksum of every segment file. Returns the damage found.
+    pub fn verify(&self) -> Vec<Error> {
+        let segs: Vec<Arc<SegmentReader>> = self
+            .shared
+            .state
+            .read()
+            .parts
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        segs.iter().filter_map(|s| s.verify().err()).collect()
+    }
+
+    /// The most recent failure of background work (sealing, compaction,
+    /// retention), if it has not succeeded since.
+    pub fn last_background_error(&self) -> Option<String> {
+        self.shared.last_error.lock().clone()
+    }
+
+    /// Counters of the write-ahead log.
+    pub fn wal_stats(&self) -> wal::WalStats {
+        self.wal.stats()
+    }
+
+    /// Stops accepting appends, waits for those in flight, seals the buffer
+    /// and stops the background threads. Data is safe in the WAL even if
+    /// sealing fails, so an error here loses nothing.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.stop_threads();
+        let sealed = maintenance::seal_all(&self.shared, &self.wal);
+        let closed = self.wal.close();
+        sealed.and(closed)
+    }
+
+    fn stop_threads(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.request_seal();
+        self.shared.space.notify_all();
+        for t in self.threads.lock().drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a storage background thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        self.stop_threads();
+    }
+}
+
+fn catalog_shape(c: &Catalog) -> (usize, usize) {
+    (
+        c.tables.len(),
+        c.tables.values().map(|t| t.channels.len()).sum(),
+    )
+}
+
+/// Resolves channel names to indices once, on the appending thread, so the
+/// commit path only appends values.
+fn prepare(catalog: &Catalog, readings: Vec<Reading>) -> Result<Vec<PreparedRow>> {
+    let mut out = Vec::with_capacity(readings.len());
+    for r in readings {
+        let def = catalog
+            .table(&r.table)
+            .ok_or_else(|| Error::Internal(format!("table `{}` vanished after admission", r.table)))?;
+        let values = r
+            .values
+            .into_iter()
+            .map(|(name, v)| {
+                def.channel_index(&name)
+                    .map(|i| (i, v))
+                    .ok_or_else(|| Error::Internal(format!("channel `{name}` vanished after admission")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(PreparedRow {
+            table: r.table,
+            device: r.device,
+            time: r.time,
+            values,
+        });
+    }
+    Ok(out)
+}
+
+/// File name of a segment holding WAL sequence numbers `min..=max`.
+pub(crate) fn segment_file_name(min_seq: u64, max_seq: u64) -> String {
+    format!("{min_seq:020}-{max_seq:020}.{SEGMENT_EXT}")
+}
+
+pub(crate) fn record_error(shared: &Shared, what: &str, e: &Error) {
+    tracing::error!("{what} failed: {e}");
+    *shared.last_error.lock() = Some(format!("{what} failed: {e}"));
+}
+
+pub(crate) fn clear_error(shared: &Shared) {
+    *shared.last_error.lock() = None;
+}
+
+/// Removes a file and syncs its directory; a file that is already gone is fine.
+pub(crate) fn remove_durably(vfs: &dyn Vfs, path: &Path) -> Result<()> {
+    match vfs.remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    if let Some(parent) = path.parent() {
+        vfs.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    Ok(())
+}
+
+/// Creates a directory and makes its entry durable in every new ancestor.
+pub(crate) fn create_dir_durably(vfs: &dyn Vfs, dir: &Path, root: &Path) -> Result<()> {
+    if vfs.is_dir(dir) {
+        return Ok(());
+    }
+    vfs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut cur = dir;
+    while let Some(parent) = cur.parent() {
+        vfs.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
+        if parent == root {
+            break;
+        }
+        cur = parent;
+    }
+    Ok(())
+}
+
+pub(crate) fn elapsed_ms(since: Instant) -> u128 {
+    since.elapsed().as_millis()
+}
+
+
+#[cfg(test)]
+mod tests;

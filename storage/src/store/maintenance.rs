@@ -1,0 +1,385 @@
+//! Background work: sealing frozen buffers into segment files, compaction
+//! and retention. Each step makes its result durable before it changes the
+//! in-memory index, and changes the index before it deletes what it replaced,
+//! so a crash at any point leaves either the old files or the new ones
+//! (see `docs/storage-format.md`, "Commit protocol").
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arrow_array::{ArrayRef, new_null_array};
+
+use super::{
+    Frozen, PartKey, Shared, StoreWal, clear_error, create_dir_durably, elapsed_ms, record_error,
+    remove_durably, segment_file_name,
+};
+use crate::catalog::TableDef;
+use crate::error::{Error, Result};
+use crate::merge::{dedup_order, take, take_values};
+use crate::segment::{SegmentMeta, SegmentReader, write_segment};
+
+/// The sealing thread: freezes the active buffer when it is half full, when
+/// asked, or when it is older than the seal interval, and seals frozen
+/// buffers oldest first. A failed seal keeps the buffer (its rows are still
+/// in the WAL) and is retried with backoff.
+pub(super) fn seal_loop(shared: &Shared, wal: &StoreWal) {
+    let mut last_freeze = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        {
+            let mut wanted = shared.seal_wanted.lock();
+            if !*wanted && !shared.shutdown.load(Ordering::Acquire) {
+                shared
+                    .seal_signal
+                    .wait_for(&mut wanted, Duration::from_millis(500));
+            }
+            *wanted = false;
+        }
+        if shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        let (active_bytes, frozen) = {
+            let state = shared.state.read();
+            (state.active.bytes(), state.frozen.len())
+        };
+        let due = active_bytes > 0 && last_freeze.elapsed() >= shared.opts.seal_interval;
+        if (active_bytes >= shared.opts.buffer_bytes / 2 || due) && frozen == 0 {
+            match freeze_active(shared, wal) {
+                Ok(()) => last_freeze = Instant::now(),
+                Err(e) => record_error(shared, "freezing the buffer", &e),
+            }
+        }
+        match seal_frozen(shared, wal) {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                record_error(shared, "sealing buffered rows", &e);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                *shared.seal_wanted.lock() = true;
+            }
+        }
+    }
+}
+
+/// Moves the active buffer to the frozen list at a WAL file boundary, so
+/// the closed WAL files hold exactly the frozen rows and can be trimmed once
+/// they are sealed.
+fn freeze_active(shared: &Shared, wal: &StoreWal) -> Result<()> {
+    wal.rotate_with(|through_seq| {
+        let mut state = shared.state.write();
+        if !state.active.is_empty() {
+            let mem = std::mem::take(&mut state.active);
+            state.frozen.push(Arc::new(Frozen { mem, through_seq }));
+        }
+    })
+}
+
+/// Seals everything buffered now: used by `flush` and `close`.
+pub(super) fn seal_all(shared: &Shared, wal: &StoreWal) -> Result<()> {
+    freeze_active(shared, wal)?;
+    seal_frozen(shared, wal)
+}
+
+fn seal_frozen(shared: &Shared, wal: &StoreWal) -> Result<()> {
+    let _one = shared.seal_lock.lock();
+    loop {
+        let Some(frozen) = shared.state.read().frozen.first().cloned() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let sealed = seal_one(shared, &frozen)?;
+        let files = sealed.len();
+        {
+            let mut state = shared.state.write();
+            for (key, reader) in sealed {
+                let segs = state.parts.entry(key).or_default();
+                segs.push(reader);
+                segs.sort_by_key(|s| (s.meta().min_seq, s.meta().max_seq));
+            }
+            state.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
+        }
+        shared.space.notify_all();
+        wal.trim(frozen.through_seq)?;
+        clear_error(shared);
+        tracing::debug!(
+            rows = frozen.mem.rows(),
+            files,
+            ms = elapsed_ms(started),
+            "sealed buffered rows"
+        );
+    }
+}
+
+/// Saves the catalog if it changed, so every channel a segment holds is in it.
+fn save_catalog(shared: &Shared) -> Result<()> {
+    let (snapshot, version) = {
+        let catalog = shared.catalog.lock();
+        let version = shared.catalog_version.lock().0;
+        (catalog.clone(), version)
+    };
+    if shared.catalog_version.lock().1 == version && version != 0 {
+        return Ok(());
+    }
+    snapshot.save(shared.vfs(), &shared.dir)?;
+    let mut v = shared.catalog_version.lock();
+    v.1 = v.1.max(version);
+    Ok(())
+}
+
+fn seal_one(shared: &Shared, frozen: &Frozen) -> Result<Vec<(PartKey, Arc<SegmentReader>)>> {
+    save_catalog(shared)?;
+    let catalog = shared.catalog.lock().clone();
+    let now = shared.opts.clock.now_ns();
+    let mut out = Vec::new();
+    for (table, device, month, part) in frozen.mem.all() {
+        let def = catalog
+            .table(table)
+            .ok_or_else(|| Error::Internal(format!("buffered rows of unknown table `{table}`")))?;
+        if def.cutoff_ns(now).is_some_and(|c| month.end_ns() <= c) {
+            continue; // expired while buffered: retention would drop it at once
+        }
+        let rows = part.take_all(def.channels.len());
+        let (times, cols) = match dedup_order(&rows.times, &rows.seqs) {
+            None => (rows.times, rows.cols),
+            Some(order) => (
+                take_values(&rows.times, &order),
+                rows.cols
+                    .iter()
+                    .map(|c| c.as_ref().map(|a| take(a, &order)).transpose())
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        let (columns, arrays): (Vec<_>, Vec<ArrayRef>) = cols
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, a)| Some((def.channels[i].clone(), a?)))
+            .unzip();
+        let min_seq = rows.seqs.iter().copied().min().unwrap_or(0);
+        let max_seq = rows.seqs.iter().copied().max().unwrap_or(0);
+        let meta = SegmentMeta {
+            table: table.to_owned(),
+            device: device.to_owned(),
+            month,
+            min_seq,
+            max_seq,
+            columns,
+        };
+        let dir = shared.partition_dir(table, device, month);
+        create_dir_durably(shared.vfs(), &dir, &shared.dir)?;
+        let path = dir.join(segment_file_name(min_seq, max_seq));
+        write_segment(shared.vfs(), &path, &meta, &times, &arrays, &shared.write_options())?;
+        let reader = SegmentReader::open(shared.vfs(), &path)?;
+        out.push(((table.to_owned(), device.to_owned(), month), Arc::new(reader)));
+    }
+    Ok(out)
+}
+
+/// The maintenance thread: retention and compaction, every interval.
+pub(super) fn maintenance_loop(shared: &Shared) {
+    loop {
+        let wake = Instant::now() + shared.opts.maintenance_interval;
+        while Instant::now() < wake {
+            if shared.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Err(e) = enforce_retention(shared) {
+            record_error(shared, "retention", &e);
+        }
+        if let Err(e) = compact_all(shared, shared.opts.compact_min_segments) {
+            record_error(shared, "compaction", &e);
+        }
+    }
+}
+
+/// Compacts partitions with at least `min_segments` files.
+pub(super) fn compact_all(shared: &Shared, min_segments: usize) -> Result<usize> {
+    // Two compactions of one run would write the same file name.
+    let _one = shared.compact_lock.lock();
+    let candidates: Vec<(PartKey, Vec<Arc<SegmentReader>>)> = {
+        let state = shared.state.read();
+        state
+            .parts
+            .iter()
+            .filter(|(_, segs)| segs.len() >= min_segments.max(2))
+            .filter_map(|(key, segs)| Some((key.clone(), pick_run(segs, shared.opts.compact_max_rows)?)))
+            .collect()
+    };
+    let mut done = 0;
+    for (key, run) in candidates {
+        if shared.shutdown.load(Ordering::Acquire) {
+            break;
+        }
+        compact_run(shared, &key, &run)?;
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// The first run of at least two consecutive segments whose rows together
+/// fit the bound. Only consecutive files may merge: the merged file takes
+/// their whole sequence range, and recovery treats files inside another
+/// file's range as leftovers of an interrupted compaction.
+fn pick_run(segs: &[Arc<SegmentReader>], max_rows: usize) -> Option<Vec<Arc<SegmentReader>>> {
+    for start in 0..segs.len() {
+        let mut total = 0u64;
+        let mut end = start;
+        while end < segs.len() && total + segs[end].rows() <= max_rows as u64 {
+            total += segs[end].rows();
+            end += 1;
+        }
+        if end - start >= 2 {
+            return Some(segs[start..end].to_vec());
+        }
+    }
+    None
+}
+
+fn compact_run(shared: &Shared, key: &PartKey, run: &[Arc<SegmentReader>]) -> Result<()> {
+    let started = Instant::now();
+    let (table, device, month) = key;
+    let def: TableDef = shared
+        .catalog
+        .lock()
+        .table(table)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("segments of unknown table `{table}`")))?;
+    // Columns of the merged file: the union, in table order.
+    let columns: Vec<_> = def
+        .channels
+        .iter()
+        .filter(|(name, _)| run.iter().any(|s| s.meta().columns.iter().any(|c| &c.0 == name)))
+        .cloned()
+        .collect();
+    let mut times = Vec::new();
+    let mut seqs = Vec::new();
+    let mut parts: Vec<Vec<ArrayRef>> = vec![Vec::new(); columns.len()];
+    for seg in run {
+        for b in 0..seg.blocks().len() {
+            let t = seg.read_times(b)?;
+            seqs.extend(std::iter::repeat_n(seg.meta().max_seq, t.len()));
+            for (ci, (name, ty)) in columns.iter().enumerate() {
+                let array = match seg.meta().columns.iter().position(|c| &c.0 == name) {
+                    Some(i) => seg.read_column(b, i)?,
+                    None => new_null_array(&ty.arrow_type(), t.len()),
+                };
+                parts[ci].push(array);
+            }
+            times.extend(t);
+        }
+    }
+    let mut arrays = Vec::with_capacity(columns.len());
+    for p in &parts {
+        let refs: Vec<&dyn arrow_array::Array> = p.iter().map(|a| a.as_ref()).collect();
+        arrays.push(
+            arrow_select::concat::concat(&refs)
+                .map_err(|e| Error::Internal(format!("concatenating columns failed: {e}")))?,
+        );
+    }
+    let (times, arrays) = match dedup_order(&times, &seqs) {
+        None => (times, arrays),
+        Some(order) => (
+            take_values(&times, &order),
+            arrays.iter().map(|a| take(a, &order)).collect::<Result<Vec<_>>>()?,
+        ),
+    };
+    let min_seq = run.iter().map(|s| s.meta().min_seq).min().unwrap_or(0);
+    let max_seq = run.iter().map(|s| s.meta().max_seq).max().unwrap_or(0);
+    let meta = SegmentMeta {
+        table: table.clone(),
+        device: device.clone(),
+        month: *month,
+        min_seq,
+        max_seq,
+        columns,
+    };
+    let dir = shared.partition_dir(table, device, *month);
+    let path = dir.join(segment_file_name(min_seq, max_seq));
+    write_segment(shared.vfs(), &path, &meta, &times, &arrays, &shared.write_options())?;
+    let merged = Arc::new(SegmentReader::open(shared.vfs(), &path)?);
+    let replaced = {
+        let mut state = shared.state.write();
+        match state.parts.get_mut(key) {
+            Some(segs) => match segs.iter().position(|s| Arc::ptr_eq(s, &run[0])) {
+                Some(at)
+                    if segs.len() >= at + run.len()
+                        && segs[at..at + run.len()]
+                            .iter()
+                            .zip(run)
+                            .all(|(a, b)| Arc::ptr_eq(a, b)) =>
+                {
+                    segs.splice(at..at + run.len(), [merged.clone()]);
+                    true
+                }
+                _ => false,
+            },
+            None => false,
+        }
+    };
+    if !replaced {
+        // Retention dropped the partition meanwhile: the merged file is not needed.
+        return remove_durably(shared.vfs(), &path);
+    }
+    for seg in run {
+        remove_durably(shared.vfs(), seg.path())?;
+    }
+    tracing::debug!(
+        partition = %format!("{table}/{device}/{month}"),
+        files = run.len(),
+        rows = merged.rows(),
+        ms = elapsed_ms(started),
+        "compacted"
+    );
+    Ok(())
+}
+
+/// Drops whole months older than each table's retention period.
+pub(super) fn enforce_retention(shared: &Shared) -> Result<usize> {
+    let now = shared.opts.clock.now_ns();
+    let cutoffs: Vec<(String, i64)> = shared
+        .catalog
+        .lock()
+        .tables
+        .values()
+        .filter_map(|d| Some((d.name.clone(), d.cutoff_ns(now)?)))
+        .collect();
+    if cutoffs.is_empty() {
+        return Ok(0);
+    }
+    let expired: Vec<(PartKey, Vec<Arc<SegmentReader>>)> = {
+        let mut state = shared.state.write();
+        let keys: Vec<PartKey> = state
+            .parts
+            .keys()
+            .filter(|(table, _, month)| {
+                cutoffs
+                    .iter()
+                    .any(|(t, cutoff)| t == table && month.end_ns() <= *cutoff)
+            })
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| state.parts.remove(&k).map(|v| (k, v)))
+            .collect()
+    };
+    let vfs = shared.vfs();
+    for ((table, device, month), segs) in &expired {
+        for seg in segs {
+            remove_durably(vfs, seg.path())?;
+        }
+        let dir = shared.partition_dir(table, device, *month);
+        if let Ok(rest) = vfs.list_dir(&dir) {
+            for f in rest {
+                remove_durably(vfs, &f)?;
+            }
+        }
+        let _ = vfs.remove_dir(&dir);
+        if let Some(parent) = dir.parent() {
+            vfs.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        tracing::info!(%table, %device, %month, "retention dropped a month");
+    }
+    Ok(expired.len())
+}

@@ -1,0 +1,275 @@
+//! Opening a data directory after a clean stop or a crash: load the catalog
+//! and segment files, isolate what is damaged, finish what an interrupted
+//! compaction left, and replay the WAL into the buffer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{PartKey, SEGMENT_EXT, Shared, prepare, remove_durably};
+use crate::batch;
+use crate::catalog::{CATALOG_FILE, Catalog};
+use crate::error::{Error, Result};
+use crate::model::Month;
+use crate::segment::SegmentReader;
+use crate::wal;
+
+/// Something recovery found and repaired or isolated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecoveryEvent {
+    /// Found while replaying the write-ahead log.
+    Wal(wal::RecoveryEvent),
+    /// A segment file failed its checks and was moved out of the store.
+    SegmentQuarantined {
+        file: PathBuf,
+        reason: String,
+        moved_to: Option<PathBuf>,
+    },
+    /// A segment whose rows a compacted file already holds (the compaction
+    /// was interrupted before it deleted its inputs) was removed.
+    CompactionLeftover { file: PathBuf },
+    /// A temporary file of an interrupted write was removed.
+    TempFileRemoved { file: PathBuf },
+    /// The catalog file was damaged; it was moved aside and rebuilt from the
+    /// segments and the WAL. Retention settings must be set again.
+    CatalogRebuilt { reason: String, moved_to: Option<PathBuf> },
+    /// A WAL record or reading that passed its checksum could not be applied.
+    RecordSkipped { seq: u64, reason: String },
+}
+
+impl fmt::Display for RecoveryEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryEvent::Wal(e) => write!(f, "write-ahead log: {e:?}"),
+            RecoveryEvent::SegmentQuarantined {
+                file,
+                reason,
+                moved_to,
+            } => write!(
+                f,
+                "segment {} is damaged ({reason}); moved to {}",
+                file.display(),
+                moved_to.as_deref().map_or("nowhere".into(), |p| p.display().to_string())
+            ),
+            RecoveryEvent::CompactionLeftover { file } => {
+                write!(f, "removed {} left by an interrupted compaction", file.display())
+            }
+            RecoveryEvent::TempFileRemoved { file } => {
+                write!(f, "removed temporary file {} of an interrupted write", file.display())
+            }
+            RecoveryEvent::CatalogRebuilt { reason, .. } => {
+                write!(f, "catalog was damaged ({reason}) and was rebuilt; set retention again")
+            }
+            RecoveryEvent::RecordSkipped { seq, reason } => {
+                write!(f, "WAL record {seq} skipped: {reason}")
+            }
+        }
+    }
+}
+
+/// What loading the segments tells WAL replay.
+#[derive(Debug, Default)]
+pub(super) struct Recovered {
+    /// Highest WAL sequence number already sealed in each partition: replay
+    /// skips readings at or below it, because a seal writes all of a
+    /// partition's rows up to its freeze point into one file.
+    part_max_seq: HashMap<PartKey, u64>,
+    pub(super) next_seq: u64,
+}
+
+pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) -> Result<Recovered> {
+    let vfs = shared.vfs();
+    let mut catalog = match Catalog::load(vfs, &shared.dir) {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e @ Error::Corrupt { .. }) => {
+            let path = shared.dir.join(CATALOG_FILE);
+            let moved_to = quarantine(shared, &path);
+            report.push(RecoveryEvent::CatalogRebuilt {
+                reason: e.to_string(),
+                moved_to,
+            });
+            Catalog::default()
+        }
+        Err(e) => return Err(e),
+    };
+    let mut parts: HashMap<PartKey, Vec<Arc<SegmentReader>>> = HashMap::new();
+    let tables_dir = shared.tables_dir();
+    for table_dir in list_dirs(shared, &tables_dir)? {
+        for device_dir in list_dirs(shared, &table_dir)? {
+            for month_dir in list_dirs(shared, &device_dir)? {
+                let (Some(table), Some(device), Some(month)) = (
+                    file_name(&table_dir),
+                    file_name(&device_dir),
+                    file_name(&month_dir).and_then(Month::parse),
+                ) else {
+                    continue;
+                };
+                for file in vfs.list_dir(&month_dir).map_err(|e| Error::io(&month_dir, e))? {
+                    let name = file_name(&file).unwrap_or_default();
+                    if name.ends_with(".tmp") {
+                        remove_durably(vfs, &file)?;
+                        report.push(RecoveryEvent::TempFileRemoved { file });
+                        continue;
+                    }
+                    if !name.ends_with(&format!(".{SEGMENT_EXT}")) {
+                        continue;
+                    }
+                    let checked = SegmentReader::open(vfs, &file).and_then(|seg| {
+                        let m = seg.meta();
+                        if m.table == table && m.device == device && m.month == month {
+                            Ok(seg)
+                        } else {
+                            Err(Error::corrupt(&file, 0, "segment metadata does not match its directory"))
+                        }
+                    });
+                    match checked {
+                        Ok(seg) => parts
+                            .entry((table.to_owned(), device.to_owned(), month))
+                            .or_default()
+                            .push(Arc::new(seg)),
+                        Err(e) => {
+                            let moved_to = quarantine(shared, &file);
+                            report.push(RecoveryEvent::SegmentQuarantined {
+                                file,
+                                reason: e.to_string(),
+                                moved_to,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut recovered = Recovered {
+        next_seq: 1,
+        ..Recovered::default()
+    };
+    let mut state = shared.state.write();
+    for (key, mut segs) in parts {
+        segs.sort_by_key(|s| (s.meta().min_seq, std::cmp::Reverse(s.meta().max_seq)));
+        let mut kept: Vec<Arc<SegmentReader>> = Vec::new();
+        for seg in segs {
+            let (lo, hi) = (seg.meta().min_seq, seg.meta().max_seq);
+            if kept
+                .iter()
+                .any(|k| k.meta().min_seq <= lo && hi <= k.meta().max_seq)
+            {
+                remove_durably(vfs, seg.path())?;
+                report.push(RecoveryEvent::CompactionLeftover {
+                    file: seg.path().to_owned(),
+                });
+                continue;
+            }
+            kept.push(seg);
+        }
+        let def = catalog.table_mut(&key.0);
+        for seg in &kept {
+            for (name, ty) in &seg.meta().columns {
+                if def.channel_index(name).is_none() {
+                    def.add_channel(name, *ty);
+                }
+            }
+        }
+        let max = kept.iter().map(|s| s.meta().max_seq).max().unwrap_or(0);
+        recovered.next_seq = recovered.next_seq.max(max + 1);
+        recovered.part_max_seq.insert(key.clone(), max);
+        state.parts.insert(key, kept);
+    }
+    *shared.catalog.lock() = catalog;
+    Ok(recovered)
+}
+
+/// Applies one WAL record to the buffer during replay.
+pub(super) fn replay_record(
+    shared: &Shared,
+    recovered: &Recovered,
+    seq: u64,
+    payload: &[u8],
+    report: &mut Vec<RecoveryEvent>,
+) {
+    let Some(readings) = batch::decode(payload) else {
+        report.push(RecoveryEvent::RecordSkipped {
+            seq,
+            reason: "the payload passed its checksum but is not a valid batch".into(),
+        });
+        return;
+    };
+    let now = shared.opts.clock.now_ns();
+    let mut catalog = shared.catalog.lock();
+    let mut state = shared.state.write();
+    for r in readings {
+        let month = Month::of(r.time);
+        let key = (r.table.clone(), r.device.clone(), month);
+        if recovered.part_max_seq.get(&key).is_some_and(|m| *m >= seq) {
+            continue;
+        }
+        if let Some(def) = catalog.table(&r.table)
+            && def.cutoff_ns(now).is_some_and(|c| month.end_ns() <= c)
+        {
+            continue;
+        }
+        let applied = catalog
+            .admit(std::slice::from_ref(&r))
+            .and_then(|()| prepare(&catalog, vec![r]));
+        match applied {
+            Ok(rows) => {
+                for row in rows {
+                    state.active.insert(seq, row);
+                }
+            }
+            Err(e) => report.push(RecoveryEvent::RecordSkipped {
+                seq,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    // Channels learned from the WAL are not in the catalog file yet.
+    shared.catalog_version.lock().0 += 1;
+}
+
+fn list_dirs(shared: &Shared, dir: &Path) -> Result<Vec<PathBuf>> {
+    let vfs = shared.vfs();
+    if !vfs.is_dir(dir) {
+        return Ok(Vec::new());
+    }
+    Ok(vfs
+        .list_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .into_iter()
+        .filter(|p| vfs.is_dir(p))
+        .collect())
+}
+
+fn file_name(p: &Path) -> Option<&str> {
+    p.file_name()?.to_str()
+}
+
+/// Moves a damaged file into `quarantine/`, named after its path in the
+/// store, so it stops affecting reads but stays available for forensics.
+fn quarantine(shared: &Shared, file: &Path) -> Option<PathBuf> {
+    let vfs = shared.vfs();
+    let qdir = shared.quarantine_dir();
+    let rel = file.strip_prefix(&shared.dir).unwrap_or(file);
+    let name: String = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("__");
+    let target = qdir.join(name);
+    let moved = vfs
+        .create_dir_all(&qdir)
+        .and_then(|()| vfs.sync_dir(&shared.dir))
+        .and_then(|()| vfs.rename(file, &target))
+        .and_then(|()| vfs.sync_dir(&qdir));
+    if let Some(parent) = file.parent() {
+        let _ = vfs.sync_dir(parent);
+    }
+    match moved {
+        Ok(()) => Some(target),
+        Err(e) => {
+            tracing::error!("could not move damaged {} to quarantine: {e}", file.display());
+            None
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! Store tests: behaviour, a proptest against a `BTreeMap` model, and
+//! simulated power loss at every I/O operation of a workload.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, StringArray, TimestampNanosecondArray};
+use proptest::prelude::*;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::io::{FaultFs, FaultPlan};
+use crate::model::{ChannelType, Value};
+
+const SEC: i64 = 1_000_000_000;
+/// 2022-07-19T15:24:21Z, the seed's first reading.
+const T0: i64 = 1_658_244_261 * SEC;
+const DIR: &str = "/data";
+
+fn test_opts(vfs: Arc<dyn Vfs>) -> StoreOptions {
+    StoreOptions {
+        vfs,
+        clock: Arc::new(ManualClock::new(T0)),
+        background: false,
+        group_commit_window: Duration::ZERO,
+        block_rows: 16,
+        wal_segment_bytes: 4096,
+        ..StoreOptions::default()
+    }
+}
+
+fn r(device: &str, time: i64, values: &[(&str, Value)]) -> Reading {
+    Reading {
+        table: "power".into(),
+        device: device.into(),
+        time,
+        values: values.iter().map(|(n, v)| ((*n).to_owned(), v.clone())).collect(),
+    }
+}
+
+fn f(device: &str, time: i64, v: f64) -> Reading {
+    r(device, time, &[("p", Value::F64(v))])
+}
+
+/// A scan's rows as (device, time, channel values rendered as text).
+type Row = (String, i64, Vec<Option<String>>);
+
+fn rows(store: &Store, req: &ScanRequest) -> Vec<Row> {
+    let scan = store.scan(req).unwrap();
+    let schema = scan.schema();
+    let mut out = Vec::new();
+    for batch in scan {
+        let batch = batch.unwrap();
+        assert_eq!(batch.schema(), schema);
+        let time = batch
+            .column_by_name("time")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>().cloned());
+        let device = batch
+            .column_by_name("device")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+        for i in 0..batch.num_rows() {
+            let mut vals = Vec::new();
+            for (f, col) in schema.fields().iter().zip(batch.columns()) {
+                if f.name() == "time" || f.name() == "device" {
+                    continue;
+                }
+                vals.push(render(col.as_ref(), i));
+            }
+            out.push((
+                device.as_ref().map_or(String::new(), |d| d.value(i).to_owned()),
+                time.as_ref().map_or(0, |t| t.value(i)),
+                vals,
+            ));
+        }
+    }
+    out
+}
+
+fn render(col: &dyn Array, i: usize) -> Option<String> {
+    if col.is_null(i) {
+        return None;
+    }
+    let any = col.as_any();
+    Some(if let Some(a) = any.downcast_ref::<Float64Array>() {
+        format!("{:?}", a.value(i))
+    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+        a.value(i).to_string()
+    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
+        a.value(i).to_string()
+    } else if let Some(a) = any.downcast_ref::<StringArray>() {
+        format!("{:?}", a.value(i))
+    } else {
+        panic!("unexpected type {:?}", col.data_type())
+    })
+}
+
+fn all(store: &Store) -> Vec<Row> {
+    rows(store, &ScanRequest::table("power"))
+}
+
+fn mem_store() -> (Arc<FaultFs>, Store) {
+    let fs = Arc::new(FaultFs::new());
+    let store = Store::open(DIR, test_opts(fs.clone())).unwrap();
+    (fs, store)
+}
+
+#[test]
+fn appends_are_readable_at_once_and_after_sealing_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        vfs: Arc::new(RealFs),
+        ..test_opts(Arc::new(RealFs))
+    };
+    let store = Store::open(dir.path(), opts.clone()).unwrap();
+    let batch: Vec<Reading> = (0..100).map(|i| f("m1", T0 + i * SEC, i as f64 / 10.0)).collect();
+    store.append(batch).unwrap();
+    let before = all(&store);
+    assert_eq!(before.len(), 100);
+    assert_eq!(before[3], ("m1".into(), T0 + 3 * SEC, vec![Some("0.3".into())]));
+    store.flush().unwrap();
+    assert_eq!(all(&store), before);
+    let parts = store.partitions();
+    assert_eq!(parts.len(), 1);
+    assert_eq!((parts[0].rows, parts[0].buffered_rows, parts[0].segments), (100, 0, 1));
+    drop(store);
+    let store = Store::open(dir.path(), opts).unwrap();
+    assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
+    assert_eq!(all(&store), before);
+}
+
+#[test]
+fn schema_evolves_and_old_rows_read_null() {
+    let (_fs, store) = mem_store();
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    store
+        .append(vec![r(
+            "m1",
+            T0 + SEC,
+            &[
+                ("p", Value::F64(2.0)),
+                ("energy_wh", Value::I64(7)),
+                ("relay", Value::Bool(true)),
+                ("status", Value::Str("ok".into())),
+            ],
+        )])
+        .unwrap();
+    let def = store.table("power").unwrap();
+    let names: Vec<_> = def.channels.iter().map(|c| (c.0.as_str(), c.1)).collect();
+    assert_eq!(
+        names,
+        [
+            ("p", ChannelType::F64),
+            ("energy_wh", ChannelType::I64),
+            ("relay", ChannelType::Bool),
+            ("status", ChannelType::Str)
+        ]
+    );
+    let expect = vec![
+        ("m1".to_owned(), T0, vec![Some("1.0".to_owned()), None, None, None]),
+        (
+            "m1".to_owned(),
+            T0 + SEC,
+            vec![Some("2.0".into()), Some("7".into()), Some("true".into()), Some("\"ok\"".into())],
+        ),
+    ];
+    assert_eq!(all(&store), expect);
+    store.flush().unwrap();
+    assert_eq!(all(&store), expect);
+}
+
+#[test]
+fn type_conflict_rejects_the_whole_batch_with_a_clear_error() {
+    let (_fs, store) = mem_store();
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    let err = store
+        .append(vec![f("m1", T0 + SEC, 2.0), r("m1", T0 + 2 * SEC, &[("p", Value::Str("x".into()))])])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "table `power`: channel `p` is f64 but the reading has string; the reading was rejected"
+    );
+    assert_eq!(all(&store).len(), 1);
+}
+
+#[test]
+fn last_write_wins_and_late_readings_land_in_their_month() {
+    let (_fs, store) = mem_store();
+    let june = T0 - 40 * 86_400 * SEC;
+    store.append(vec![f("m1", T0, 1.0), f("m1", T0 + SEC, 1.0)]).unwrap();
+    store.flush().unwrap();
+    // Overwrite one sealed row, one buffered row twice, and add a late June reading.
+    store.append(vec![f("m1", T0, 5.0), f("m1", june, 9.0)]).unwrap();
+    store.append(vec![f("m1", T0 + 2 * SEC, 3.0)]).unwrap();
+    store.append(vec![f("m1", T0 + 2 * SEC, 4.0)]).unwrap();
+    let expect = vec![
+        ("m1".to_owned(), june, vec![Some("9.0".to_owned())]),
+        ("m1".to_owned(), T0, vec![Some("5.0".to_owned())]),
+        ("m1".to_owned(), T0 + SEC, vec![Some("1.0".to_owned())]),
+        ("m1".to_owned(), T0 + 2 * SEC, vec![Some("4.0".to_owned())]),
+    ];
+    assert_eq!(all(&store), expect);
+    let months: Vec<_> = store.partitions().iter().map(|p| p.month.to_string()).collect();
+    assert_eq!(months, ["2022-06", "2022-07"]);
+    store.flush().unwrap();
+    assert_eq!(all(&store), expect);
+    assert_eq!(store.compact().unwrap(), 1);
+    assert_eq!(all(&store), expect);
+    assert_eq!(store.partitions()[1].segments, 1);
+}
+
+#[test]
+fn scans_prune_by_device_time_and_projection() {
+    let (_fs, store) = mem_store();
+    let batch: Vec<Reading> = (0..64)
+        .flat_map(|i| ["a", "b"].map(|d| f(d, T0 + i * SEC, i as f64)))
+        .collect();
+    store.append(batch).unwrap();
+    store.flush().unwrap();
+    let req = ScanRequest::table("power")
+        .devices(["b"])
+        .range(Some(T0 + 20 * SEC), Some(T0 + 24 * SEC))
+        .columns(["p", "time"]);
+    let mut scan = store.scan(&req).unwrap();
+    let names: Vec<_> = scan.schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names, ["p", "time"]);
+    let batches: Vec<_> = scan.by_ref().map(|b| b.unwrap()).collect();
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(n, 4);
+    let m = scan.metrics();
+    // One device's partition, 64 rows in blocks of 16: only block 1 overlaps.
+    assert_eq!((m.partitions, m.blocks_total, m.blocks_pruned, m.blocks_read), (1, 4, 3, 1));
+    let err = store.scan(&ScanRequest::table("power").columns(["nope"])).unwrap_err();
+    assert_eq!(err.to_string(), "table `power` has no column `nope`");
+    let err = store.scan(&ScanRequest::table("nope")).unwrap_err();
+    assert_eq!(err.to_string(), "unknown table `nope`");
+}
+
+#[test]
+fn retention_drops_whole_months_and_rejects_old_readings() {
+    let fs = Arc::new(FaultFs::new());
+    let clock = ManualClock::new(T0);
+    let opts = StoreOptions {
+        clock: Arc::new(clock.clone()),
+        ..test_opts(fs.clone())
+    };
+    let store = Store::open(DIR, opts.clone()).unwrap();
+    let may = T0 - 60 * 86_400 * SEC;
+    store.append(vec![f("m1", may, 1.0), f("m1", T0, 2.0)]).unwrap();
+    store.flush().unwrap();
+    store.set_retention("power", Some(Duration::from_secs(30 * 86_400))).unwrap();
+    assert_eq!(store.enforce_retention().unwrap(), 1);
+    assert_eq!(all(&store), vec![("m1".into(), T0, vec![Some("2.0".into())])]);
+    let err = store.append(vec![f("m1", may, 3.0)]).unwrap_err();
+    assert!(matches!(err, Error::BeyondRetention { .. }), "{err}");
+    assert!(matches!(store.set_retention("nope", None), Err(Error::UnknownTable(_))));
+    drop(store);
+    // Retention is persisted and the dropped month stays gone.
+    let store = Store::open(DIR, opts).unwrap();
+    assert_eq!(store.table("power").unwrap().retention, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!(all(&store).len(), 1);
+}
+
+#[test]
+fn a_second_process_gets_a_clear_lock_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path(), test_opts(Arc::new(RealFs))).unwrap();
+    let err = Store::open(dir.path(), test_opts(Arc::new(RealFs))).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another Wattson process"));
+}
+
+#[test]
+fn failed_fsync_poisons_and_nothing_unsynced_is_acknowledged() {
+    let (fs, store) = mem_store();
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    fs.set_plan(FaultPlan {
+        fail_sync_after: Some(0),
+        ..FaultPlan::default()
+    });
+    let err = store.append(vec![f("m1", T0 + SEC, 2.0)]).unwrap_err();
+    assert!(matches!(err, Error::WalPoisoned { .. }), "{err}");
+    fs.set_plan(FaultPlan::default());
+    // Never retried as if it had worked.
+    let err = store.append(vec![f("m1", T0 + 2 * SEC, 3.0)]).unwrap_err();
+    assert!(err.to_string().contains("poisoned"), "{err}");
+    assert_eq!(all(&store).len(), 1);
+    drop(store);
+    let after = Store::open(DIR, test_opts(Arc::new(fs.power_loss(1)))).unwrap();
+    assert_eq!(all(&after), vec![("m1".into(), T0, vec![Some("1.0".into())])]);
+}
+
+#[test]
+fn disk_full_is_reported_and_loses_nothing_acknowledged() {
+    let (fs, store) = mem_store();
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    fs.set_plan(FaultPlan {
+        space_limit_bytes: Some(0),
+        ..FaultPlan::default()
+    });
+    let err = store.append(vec![f("m1", T0 + SEC, 2.0)]).unwrap_err();
+    assert!(matches!(err, Error::WalPoisoned { .. }), "{err}");
+    assert!(store.flush().is_err());
+    drop(store);
+    fs.set_plan(FaultPlan::default());
+    let after = Store::open(DIR, test_opts(Arc::new(fs.power_loss(2)))).unwrap();
+    assert_eq!(all(&after).len(), 1);
+}
+
+#[test]
+fn scans_see_whole_batches_while_appends_continue() {
+    let fs = Arc::new(FaultFs::new());
+    let store = Arc::new(
+        Store::open(
+            DIR,
+            StoreOptions {
+                buffer_bytes: 64 << 10,
+                background: true,
+                ..test_opts(fs)
+            },
+        )
+        .unwrap(),
+    );
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..200i64 {
+                let batch = (0..10).map(|d| f(&format!("m{d}"), T0 + i * SEC, i as f64)).collect();
+                store.append(batch).unwrap();
+            }
+        })
+    };
+    while !writer.is_finished() {
+        let n = all(&store).len();
+        assert_eq!(n % 10, 0, "a scan saw part of a batch: {n} rows");
+    }
+    writer.join().unwrap();
+    assert_eq!(all(&store).len(), 2000);
+    store.close().unwrap();
+}
+
+#[test]
+fn damaged_segment_blocks_are_reported_and_the_rest_stays_readable() {
+    let (fs, store) = mem_store();
+    let batch: Vec<Reading> = (0..64).map(|i| f("m1", T0 + i * SEC, i as f64 * 1.5)).collect();
+    store.append(batch).unwrap();
+    store.flush().unwrap();
+    let seg = store.shared.state.read().parts.values().next().unwrap()[0].clone();
+    let path = seg.path().to_owned();
+    let block = seg.blocks()[1].clone();
+    drop(seg);
+    drop(store);
+    // Flip a bit inside the second block's data.
+    let at = block.offset as usize + 1;
+    fs.corrupt(&path, |b| b[at] ^= 0x10);
+    let store = Store::open(DIR, test_opts(fs.clone())).unwrap();
+    let err = store
+        .scan(&ScanRequest::table("power"))
+        .unwrap()
+        .find_map(|b| b.err())
+        .expect("damage must surface");
+    assert!(matches!(&err, Error::Corrupt { path: p, .. } if p == &path), "{err}");
+    let mut scan = store
+        .scan(&ScanRequest {
+            skip_damaged: true,
+            ..ScanRequest::table("power")
+        })
+        .unwrap();
+    let n: usize = scan.by_ref().map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(n, 48);
+    assert_eq!(scan.damaged().len(), 1);
+    assert_eq!(store.verify().len(), 1);
+}
+
+#[test]
+fn a_damaged_segment_footer_is_quarantined_at_open() {
+    let (fs, store) = mem_store();
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    store.flush().unwrap();
+    store.append(vec![f("m2", T0, 2.0)]).unwrap();
+    store.flush().unwrap();
+    let path = store.shared.state.read().parts.values().next().unwrap()[0]
+        .path()
+        .to_owned();
+    drop(store);
+    fs.corrupt(&path, |b| {
+        let n = b.len();
+        b[n - 10] ^= 0xff;
+    });
+    let store = Store::open(DIR, test_opts(fs.clone())).unwrap();
+    assert!(
+        matches!(&store.recovery_report()[..], [RecoveryEvent::SegmentQuarantined { file, .. }] if file == &path),
+        "{:?}",
+        store.recovery_report()
+    );
+    assert_eq!(all(&store), vec![("m2".into(), T0, vec![Some("2.0".into())])]);
+    assert!(!fs.exists(&path));
+}
+
+// ---- proptest against a BTreeMap model -------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// (device, second offset, value) triples, appended as one batch.
+    Append(Vec<(u8, i64, i64)>),
+    Scan { device: Option<u8>, start: i64, len: i64 },
+    Flush,
+    Compact,
+    /// Keep this many days (relative to the clock, which sits at T0 + 100 days).
+    Retention(Option<u16>),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = (0u8..3, -150i64 * 86_400..100 * 86_400, -1000i64..1000);
+    prop_oneof![
+        6 => proptest::collection::vec(key, 1..12).prop_map(Op::Append),
+        2 => (proptest::option::of(0u8..3), -150i64 * 86_400..100 * 86_400, 0i64..200 * 86_400)
+            .prop_map(|(device, start, len)| Op::Scan { device, start, len }),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Compact),
+        1 => proptest::option::of(20u16..200).prop_map(Op::Retention),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+type Model = BTreeMap<(String, i64), f64>;
+
+fn model_rows(model: &Model, device: Option<&str>, start: i64, end: i64) -> Vec<Row> {
+    let mut out: Vec<Row> = model
+        .iter()
+        .filter(|((d, t), _)| device.is_none_or(|x| x == d) && *t >= start && *t < end)
+        .map(|((d, t), v)| (d.clone(), *t, vec![Some(format!("{v:?}"))]))
+        .collect();
+    // Scans order by device, then month, then time: the same as (device, time).
+    out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    out
+}
+
+fn expire(model: &mut Model, retention_days: Option<u16>, now: i64) {
+    if let Some(days) = retention_days {
+        let cutoff = now - i64::from(days) * 86_400 * SEC;
+        model.retain(|(_, t), _| Month::of(*t).end_ns() > cutoff);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_a_btreemap(ops in proptest::collection::vec(op(), 1..40)) {
+        let now = T0 + 100 * 86_400 * SEC;
+        let fs = Arc::new(FaultFs::new());
+        let opts = StoreOptions {
+            clock: Arc::new(ManualClock::new(now)),
+            compact_max_rows: 64,
+            ..test_opts(fs.clone())
+        };
+        let mut store = Store::open(DIR, opts.clone()).unwrap();
+        let mut model = Model::new();
+        let mut retention = None;
+        for op in ops {
+            match op {
+                Op::Append(keys) => {
+                    let batch: Vec<Reading> = keys
+                        .iter()
+                        .map(|(d, s, v)| f(&format!("d{d}"), T0 + s * SEC, *v as f64 / 10.0))
+                        .collect();
+                    let cutoff = retention.map(|d: u16| now - i64::from(d) * 86_400 * SEC);
+                    let expired = batch.iter().any(|r| cutoff.is_some_and(|c| Month::of(r.time).end_ns() <= c));
+                    match store.append(batch.clone()) {
+                        Ok(_) => {
+                            prop_assert!(!expired);
+                            for r in batch {
+                                let Value::F64(v) = r.values[0].1 else { unreachable!() };
+                                model.insert((r.device, r.time), v);
+                            }
+                        }
+                        Err(Error::BeyondRetention { .. }) => prop_assert!(expired),
+                        Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                    }
+                }
+                Op::Scan { device, start, len } => {
+                    if model.is_empty() && store.table("power").is_none() {
+                        continue;
+                    }
+                    let device = device.map(|d| format!("d{d}"));
+                    let (start, end) = (T0 + start * SEC, T0 + (start + len) * SEC);
+                    let mut req = ScanRequest::table("power").range(Some(start), Some(end));
+                    if let Some(d) = &device {
+                        req = req.devices([d.clone()]);
+                    }
+                    prop_assert_eq!(rows(&store, &req), model_rows(&model, device.as_deref(), start, end));
+                }
+                Op::Flush => store.flush().unwrap(),
+                Op::Compact => { store.compact().unwrap(); }
+                Op::Retention(days) => {
+                    if store.table("power").is_none() {
+                        continue;
+                    }
+                    store.set_retention("power", days.map(|d| Duration::from_secs(u64::from(d) * 86_400))).unwrap();
+                    store.enforce_retention().unwrap();
+                    retention = days;
+                    expire(&mut model, retention, now);
+                }
+                Op::Reopen => {
+                    drop(store);
+                    store = Store::open(DIR, opts.clone()).unwrap();
+                    prop_assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
+                }
+            }
+        }
+        if store.table("power").is_some() {
+            prop_assert_eq!(all(&store), model_rows(&model, None, i64::MIN, i64::MAX));
+        }
+    }
+}
+
+// ---- simulated power loss ---------------------------------------------------
+
+/// A workload with appends, seals and a compaction. Each append is one batch
+/// of three readings with unique keys. Returns the batches it got
+/// acknowledged and the one in flight when it failed, if any.
+fn crash_workload(store: &Store) -> (Vec<usize>, Option<usize>) {
+    let mut acked = Vec::new();
+    for i in 0..12usize {
+        if i == 4 || i == 8 {
+            if store.flush().is_err() {
+                return (acked, None);
+            }
+        }
+        if i == 10 && store.compact().is_err() {
+            return (acked, None);
+        }
+        match store.append(crash_batch(i)) {
+            Ok(_) => acked.push(i),
+            Err(_) => return (acked, Some(i)),
+        }
+    }
+    (acked, None)
+}
+
+fn crash_batch(i: usize) -> Vec<Reading> {
+    (0..3)
+        .map(|d| f(&format!("d{d}"), T0 + (i as i64) * SEC + i64::from(d), i as f64))
+        .collect()
+}
+
+fn check_oracle(store: &Store, acked: &[usize], in_flight: Option<usize>, what: &str) {
+    let got = if store.table("power").is_some() { all(store) } else { Vec::new() };
+    let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    for (device, time, _) in &got {
+        *seen.entry((device.clone(), *time)).or_default() += 1;
+    }
+    assert!(seen.values().all(|n| *n == 1), "{what}: a row appears twice: {got:?}");
+    for i in 0..12 {
+        let present = crash_batch(i)
+            .iter()
+            .filter(|r| seen.contains_key(&(r.device.clone(), r.time)))
+            .count();
+        if acked.contains(&i) {
+            assert_eq!(present, 3, "{what}: acknowledged batch {i} is missing rows");
+        } else if in_flight == Some(i) {
+            assert!(present == 0 || present == 3, "{what}: batch {i} is torn: {present} of 3 rows");
+        } else {
+            assert_eq!(present, 0, "{what}: batch {i} was never acknowledged but is present");
+        }
+    }
+}
+
+#[test]
+fn power_loss_at_every_io_operation_keeps_every_acknowledged_reading() {
+    // Count the operations of a clean run first.
+    let fs = Arc::new(FaultFs::new());
+    let store = Store::open(DIR, test_opts(fs.clone())).unwrap();
+    let (acked, _) = crash_workload(&store);
+    assert_eq!(acked.len(), 12);
+    let total_ops = fs.ops();
+    drop(store);
+    let mut states = 0;
+    let seeds_per_point = (5_000 / total_ops as usize + 1).max(3) as u64;
+    for crash_at in 0..=total_ops {
+        for seed in 0..seeds_per_point {
+            let fs = Arc::new(FaultFs::new());
+            fs.set_plan(FaultPlan {
+                crash_after_ops: Some(crash_at),
+                ..FaultPlan::default()
+            });
+            let (acked, in_flight) = match Store::open(DIR, test_opts(fs.clone())) {
+                Ok(store) => crash_workload(&store),
+                Err(_) => (Vec::new(), None),
+            };
+            let after = Arc::new(fs.power_loss(seed));
+            let what = format!("crash after op {crash_at}, seed {seed}");
+            let store = Store::open(DIR, test_opts(after.clone()))
+                .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+            check_oracle(&store, &acked, in_flight, &what);
+            // Recovery must itself be durable: lose power again right away.
+            drop(store);
+            let again = Store::open(DIR, test_opts(Arc::new(after.power_loss(seed + 1))))
+                .unwrap_or_else(|e| panic!("{what}: second reopen failed: {e}"));
+            check_oracle(&again, &acked, in_flight, &format!("{what}, after a second power loss"));
+            states += 1;
+        }
+    }
+    assert!(states >= 5_000, "only {states} crash states");
+    eprintln!("checked {states} crash states over {total_ops} I/O operations");
+}
+
+#[test]
+fn store_files_live_where_the_format_doc_says() {
+    let (fs, store) = mem_store();
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    store.flush().unwrap();
+    let part = Path::new(DIR).join("tables/power/m1/2022-07");
+    let files = fs.list_dir(&part).unwrap();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].to_string_lossy().ends_with("00000000000000000001-00000000000000000001.wseg"));
+    assert!(fs.exists(&Path::new(DIR).join("catalog.wcat")));
+    assert!(fs.is_dir(&Path::new(DIR).join("wal")));
+}

@@ -1,0 +1,5 @@
+//! Wattson's end-to-end tests: one test binary (every binary links the whole
+//! stack), one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod storage_kill;
