@@ -1,0 +1,18 @@
+//! Wiring of the wattson binary.
+//!
+//! The binary's pieces that do not belong in a library crate of their own
+//! live here, so that the CLI (`main.rs`), the criterion benches and the
+//! integration tests share one implementation:
+//!
+//! - [`simdata`] generates realistic meter readings in the seed system's
+//!   shape, for `wattson simulate`, `wattson bench` and tests.
+//! - [`import`] turns CSV and Parquet files into [`Reading`]s in bounded
+//!   chunks, for `wattson import`.
+//! - [`export`] writes the Arrow record batches of a scan as CSV or Parquet,
+//!   for `wattson export`.
+//!
+//! [`Reading`]: wattson_storage::model::Reading
+
+pub mod export;
+pub mod import;
+pub mod simdata;
