@@ -157,8 +157,10 @@ pub enum Stats {
 /// are at most [`crate::model::MAX_STRING_BYTES`] bytes.
 ///
 /// The bytes go to `{final_path}.tmp` first, which is fsynced, renamed to
-/// `final_path`, and then the parent directory is fsynced. On error the
-/// temporary file is removed (best effort) and `final_path` is untouched.
+/// `final_path`, and then the parent directory is fsynced. If a step before
+/// the rename fails, the temporary file is removed (best effort) and
+/// `final_path` is untouched. If only the directory sync fails, the file may
+/// exist but is not known to be durable: treat the write as failed.
 pub fn write_segment(
     vfs: &dyn Vfs,
     final_path: &Path,

@@ -11,6 +11,7 @@ use super::encoding as enc;
 use super::*;
 use crate::io::RealFs;
 
+mod durability;
 mod props;
 mod robustness;
 
