@@ -4,6 +4,7 @@
 //! live here, so that the CLI (`main.rs`), the criterion benches and the
 //! integration tests share one implementation:
 //!
+//! - [`bench`] runs `wattson bench storage`.
 //! - [`simdata`] generates realistic meter readings in the seed system's
 //!   shape, for `wattson simulate`, `wattson bench` and tests.
 //! - [`import`] turns CSV and Parquet files into [`Reading`]s in bounded
@@ -13,6 +14,7 @@
 //!
 //! [`Reading`]: wattson_storage::model::Reading
 
+pub mod bench;
 pub mod export;
 pub mod import;
 pub mod simdata;
