@@ -227,9 +227,7 @@ pub fn validate_channel_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
         && (name.as_bytes()[0].is_ascii_alphabetic() || name.as_bytes()[0] == b'_')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if !ok {
         return Err(Error::InvalidInput(format!(
             "channel name `{name}` must be 1 to {MAX_NAME_BYTES} characters: ASCII letters, digits or `_`, not starting with a digit"
@@ -254,13 +252,25 @@ mod tests {
             assert_eq!(days_from_civil(y, m, d), days);
         }
         let m = Month::of(1_658_244_261_000_000_000); // 2022-07-19T15:24:21Z
-        assert_eq!(m, Month { year: 2022, month: 7 });
+        assert_eq!(
+            m,
+            Month {
+                year: 2022,
+                month: 7
+            }
+        );
         assert_eq!(m.to_string(), "2022-07");
         assert_eq!(Month::parse("2022-07"), Some(m));
         assert_eq!(Month::of(m.start_ns()), m);
         assert_eq!(Month::of(m.end_ns() - 1), m);
         assert_eq!(Month::of(m.end_ns()), m.next());
-        assert_eq!(Month::of(-1), Month { year: 1969, month: 12 });
+        assert_eq!(
+            Month::of(-1),
+            Month {
+                year: 1969,
+                month: 12
+            }
+        );
     }
 
     #[test]
