@@ -25,7 +25,11 @@ fn append_durable(c: &mut Criterion) {
     for size in [1usize, 100, 1000] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let data = readings(size.min(100), (size as u64).div_ceil(100).max(1) * 100_000, 1);
+        let data = readings(
+            size.min(100),
+            (size as u64).div_ceil(100).max(1) * 100_000,
+            1,
+        );
         let mut offset = 0usize;
         group.throughput(Throughput::Elements(size as u64));
         group.bench_function(BenchmarkId::from_parameter(size), |b| {
@@ -82,7 +86,11 @@ fn scan_one_column(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("pa_v", |b| {
         b.iter(|| {
-            let n: usize = store.scan(&req).unwrap().map(|b| b.unwrap().num_rows()).sum();
+            let n: usize = store
+                .scan(&req)
+                .unwrap()
+                .map(|b| b.unwrap().num_rows())
+                .sum();
             assert_eq!(n, 1_048_576);
         })
     });

@@ -123,10 +123,13 @@ fn append_all(
         })
         .collect();
     for h in handles {
-        h.join().map_err(|_| anyhow!("a writer thread panicked"))??;
+        h.join()
+            .map_err(|_| anyhow!("a writer thread panicked"))??;
     }
     let elapsed = started.elapsed();
-    producer.join().map_err(|_| anyhow!("the data generator panicked"))?;
+    producer
+        .join()
+        .map_err(|_| anyhow!("the data generator panicked"))?;
     Ok((rows.load(Ordering::Relaxed), elapsed))
 }
 
@@ -135,7 +138,11 @@ fn dir_bytes(path: &Path) -> Result<u64> {
     for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
         let entry = entry?;
         let meta = entry.metadata()?;
-        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
     }
     Ok(total)
 }
@@ -166,13 +173,18 @@ pub fn storage(cfg: &StorageBenchConfig) -> Result<StorageBenchReport> {
     };
     let data = root.join("bench-data");
     if data.exists() {
-        anyhow::bail!("{} exists; the benchmark needs a fresh directory", data.display());
+        anyhow::bail!(
+            "{} exists; the benchmark needs a fresh directory",
+            data.display()
+        );
     }
     let seconds = (cfg.days * 86_400.0).round() as u64;
     let total_rows = seconds * cfg.devices as u64;
     let opts = StoreOptions::default();
     // Rows that fit in the buffer before sealing starts, with some margin.
-    let append_rows = ((opts.buffer_bytes / 2) as u64 / 400).min(total_rows / 4).max(1);
+    let append_rows = ((opts.buffer_bytes / 2) as u64 / 400)
+        .min(total_rows / 4)
+        .max(1);
 
     let store = Arc::new(Store::open(&data, opts.clone())?);
     let b = bar(cfg.progress, total_rows, "append");
@@ -252,7 +264,9 @@ fn recovery(dir: &Path, cfg: &StorageBenchConfig) -> Result<(f64, u64)> {
         ..StoreOptions::default()
     };
     let store = Arc::new(Store::open(dir, opts.clone())?);
-    let rows = 400_000u64.min((cfg.days * 86_400.0) as u64 * cfg.devices as u64).max(1);
+    let rows = 400_000u64
+        .min((cfg.days * 86_400.0) as u64 * cfg.devices as u64)
+        .max(1);
     let seconds = rows.div_ceil(cfg.devices as u64);
     let b = bar(cfg.progress, seconds * cfg.devices as u64, "recovery");
     append_all(&store, generator(cfg.devices, seconds, 7), cfg.writers, &b)?;

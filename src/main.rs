@@ -20,7 +20,12 @@ use wattson_storage::{ScanRequest, Store, StoreOptions};
 #[command(name = "wattson", version, propagate_version = true)]
 struct Cli {
     /// The data directory. One process at a time may use it.
-    #[arg(long, global = true, env = "WATTSON_DATA_DIR", default_value = "./wattson-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "WATTSON_DATA_DIR",
+        default_value = "./wattson-data"
+    )]
     data_dir: PathBuf,
 
     /// Log filter, as in RUST_LOG (for example `info` or `wattson_storage=debug`).
@@ -191,7 +196,10 @@ fn import_cmd(data_dir: &std::path::Path, args: ImportArgs) -> Result<()> {
     bar.finish_and_clear();
     let closed = store.close();
     let report = result.with_context(|| {
-        format!("importing {} ({appended} readings were stored before the error)", args.file.display())
+        format!(
+            "importing {} ({appended} readings were stored before the error)",
+            args.file.display()
+        )
     })?;
     closed?;
     println!(
@@ -205,7 +213,10 @@ fn import_cmd(data_dir: &std::path::Path, args: ImportArgs) -> Result<()> {
         println!("  line {line}: {reason}");
     }
     if report.skipped > report.first_errors.len() as u64 {
-        println!("  ... and {} more", report.skipped - report.first_errors.len() as u64);
+        println!(
+            "  ... and {} more",
+            report.skipped - report.first_errors.len() as u64
+        );
     }
     Ok(())
 }
@@ -216,7 +227,8 @@ fn export_cmd(data_dir: &std::path::Path, args: ExportArgs) -> Result<()> {
             .map(|s| import::parse_time(s).map_err(|e| anyhow::anyhow!("--{what} `{s}`: {e}")))
             .transpose()
     };
-    let mut req = ScanRequest::table(&args.table).range(time(&args.start, "start")?, time(&args.end, "end")?);
+    let mut req =
+        ScanRequest::table(&args.table).range(time(&args.start, "start")?, time(&args.end, "end")?);
     if !args.device.is_empty() {
         req = req.devices(args.device.clone());
     }
@@ -225,7 +237,12 @@ fn export_cmd(data_dir: &std::path::Path, args: ExportArgs) -> Result<()> {
     let schema = scan.schema();
     let batches = scan.map(|b| b.map_err(anyhow::Error::from));
     let rows = if args.file.as_os_str() == "-" {
-        let rows = export::export(batches, schema, args.format, std::io::BufWriter::new(std::io::stdout()))?;
+        let rows = export::export(
+            batches,
+            schema,
+            args.format,
+            std::io::BufWriter::new(std::io::stdout()),
+        )?;
         std::io::stdout().flush()?;
         rows
     } else {
@@ -243,7 +260,9 @@ fn bench_storage(cfg: StorageBenchConfig, json: bool) -> Result<()> {
         bail!("--devices and --days must be positive");
     }
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench storage` for real figures");
+        eprintln!(
+            "warning: this is a debug build; run `cargo run --release -- bench storage` for real figures"
+        );
     }
     let report = bench::storage(&cfg)?;
     if json {

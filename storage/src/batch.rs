@@ -134,10 +134,13 @@ mod tests {
         // Compare floats by bits so NaN round-trips count as equal.
         format!("{a:?}") == format!("{b:?}")
             && a.iter().zip(b).all(|(x, y)| {
-                x.values.iter().zip(&y.values).all(|(p, q)| match (&p.1, &q.1) {
-                    (Value::F64(u), Value::F64(v)) => u.to_bits() == v.to_bits(),
-                    _ => p == q,
-                })
+                x.values
+                    .iter()
+                    .zip(&y.values)
+                    .all(|(p, q)| match (&p.1, &q.1) {
+                        (Value::F64(u), Value::F64(v)) => u.to_bits() == v.to_bits(),
+                        _ => p == q,
+                    })
             })
     }
 

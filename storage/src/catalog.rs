@@ -181,7 +181,9 @@ impl Catalog {
         if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
             return Err(bad(0, "not a catalog file (bad magic or too short)"));
         }
-        let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         if word(8) != VERSION {
             return Err(bad(8, &format!("unsupported catalog version {}", word(8))));
         }
@@ -268,9 +270,13 @@ mod tests {
     #[test]
     fn conflicts_name_table_channel_and_both_types() {
         let mut c = Catalog::default();
-        c.admit(&[reading("t", vec![("a", Value::F64(1.0))])]).unwrap();
+        c.admit(&[reading("t", vec![("a", Value::F64(1.0))])])
+            .unwrap();
         let err = c
-            .admit(&[reading("t", vec![("b", Value::Bool(true)), ("a", Value::I64(1))])])
+            .admit(&[reading(
+                "t",
+                vec![("b", Value::Bool(true)), ("a", Value::I64(1))],
+            )])
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -301,20 +307,30 @@ mod tests {
         c.save(&vfs, dir.path()).unwrap();
         let back = Catalog::load(&vfs, dir.path()).unwrap().unwrap();
         assert_eq!(back, c);
-        let names: Vec<_> = back.table("t").unwrap().channels.iter().map(|c| c.0.as_str()).collect();
+        let names: Vec<_> = back
+            .table("t")
+            .unwrap()
+            .channels
+            .iter()
+            .map(|c| c.0.as_str())
+            .collect();
         assert_eq!(names, ["z", "a", "m"]);
     }
 
     #[test]
     fn damaged_catalog_is_reported_not_panicked() {
         let mut c = Catalog::default();
-        c.admit(&[reading("t", vec![("a", Value::F64(1.0))])]).unwrap();
+        c.admit(&[reading("t", vec![("a", Value::F64(1.0))])])
+            .unwrap();
         let good = c.encode();
         for i in 0..good.len() {
             for bit in 0..8 {
                 let mut bad = good.clone();
                 bad[i] ^= 1 << bit;
-                assert!(Catalog::decode(Path::new("x"), &bad).is_err(), "flip {i}:{bit}");
+                assert!(
+                    Catalog::decode(Path::new("x"), &bad).is_err(),
+                    "flip {i}:{bit}"
+                );
             }
         }
         for len in 0..good.len() {
@@ -326,12 +342,21 @@ mod tests {
     fn bad_names_and_long_strings_are_rejected() {
         let mut c = Catalog::default();
         assert!(c.admit(&[reading("T", vec![])]).is_err());
-        assert!(c.admit(&[reading("t", vec![("time", Value::F64(1.0))])]).is_err());
-        let long = "x".repeat(MAX_STRING_BYTES + 1);
-        assert!(c.admit(&[reading("t", vec![("s", Value::Str(long))])]).is_err());
         assert!(
-            c.admit(&[reading("t", vec![("a", Value::F64(1.0)), ("a", Value::F64(2.0))])])
+            c.admit(&[reading("t", vec![("time", Value::F64(1.0))])])
                 .is_err()
+        );
+        let long = "x".repeat(MAX_STRING_BYTES + 1);
+        assert!(
+            c.admit(&[reading("t", vec![("s", Value::Str(long))])])
+                .is_err()
+        );
+        assert!(
+            c.admit(&[reading(
+                "t",
+                vec![("a", Value::F64(1.0)), ("a", Value::F64(2.0))]
+            )])
+            .is_err()
         );
     }
 }

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow_array::builder::{ArrayBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::builder::{
+    ArrayBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+};
 use arrow_array::{ArrayRef, BooleanArray};
 
 use crate::model::{ChannelType, Month, Value};
@@ -151,8 +153,17 @@ impl PartBuf {
                 Some(m) => arrow_select::filter::filter(&a, m).ok(),
             }
         };
-        let keep = |v: &[i64]| -> Vec<i64> { v.iter().copied().filter(|t| *t >= start && *t < end).collect() };
-        let times = if whole { self.times.clone() } else { keep(&self.times) };
+        let keep = |v: &[i64]| -> Vec<i64> {
+            v.iter()
+                .copied()
+                .filter(|t| *t >= start && *t < end)
+                .collect()
+        };
+        let times = if whole {
+            self.times.clone()
+        } else {
+            keep(&self.times)
+        };
         let seqs = if whole {
             self.seqs.clone()
         } else {
@@ -179,7 +190,12 @@ impl PartBuf {
             times: self.times.clone(),
             seqs: self.seqs.clone(),
             cols: (0..channels)
-                .map(|c| self.cols.get(c).and_then(|c| c.as_ref()).map(ColBuf::snapshot))
+                .map(|c| {
+                    self.cols
+                        .get(c)
+                        .and_then(|c| c.as_ref())
+                        .map(ColBuf::snapshot)
+                })
                 .collect(),
         }
     }

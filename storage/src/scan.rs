@@ -166,7 +166,7 @@ pub(crate) fn snapshot(
     state: &State,
     cutoff: Option<i64>,
 ) -> Result<Scan> {
-    let start = req.start.unwrap_or(i64::MIN).max(cutoff.unwrap_or(i64::MIN));
+    let start = req.start.unwrap_or(i64::MIN);
     let end = req.end.unwrap_or(i64::MAX);
     let mut out = Vec::new();
     let mut channels = Vec::new();
@@ -190,10 +190,12 @@ pub(crate) fn snapshot(
                 fields.push(device_field());
             }
             _ => {
-                let idx = def.channel_index(&name).ok_or_else(|| Error::UnknownColumn {
-                    table: def.name.clone(),
-                    column: name.clone(),
-                })?;
+                let idx = def
+                    .channel_index(&name)
+                    .ok_or_else(|| Error::UnknownColumn {
+                        table: def.name.clone(),
+                        column: name.clone(),
+                    })?;
                 let ty = def.channels[idx].1;
                 out.push(OutCol::Channel(channels.len()));
                 fields.push(Field::new(&name, ty.arrow_type(), true));
@@ -205,8 +207,16 @@ pub(crate) fn snapshot(
         .iter()
         .filter_map(|(n, _)| def.channel_index(n))
         .collect();
-    let device_ok = |d: &str| req.devices.as_ref().is_none_or(|ds| ds.iter().any(|x| x == d));
-    let month_ok = |m: &Month| m.end_ns() > start && m.start_ns() < end;
+    let device_ok = |d: &str| {
+        req.devices
+            .as_ref()
+            .is_none_or(|ds| ds.iter().any(|x| x == d))
+    };
+    // Retention drops whole months: an expired month is hidden even before
+    // maintenance deletes it, a retained one is read whole.
+    let month_ok = |m: &Month| {
+        m.end_ns() > start && m.start_ns() < end && cutoff.is_none_or(|c| m.end_ns() > c)
+    };
 
     let mut parts: std::collections::BTreeMap<(String, Month), PartSnap> = Default::default();
     for ((table, device, month), segs) in &state.parts {
@@ -222,9 +232,16 @@ pub(crate) fn snapshot(
         }
     }
     let mut buffered_rows = 0;
-    let mems = state.frozen.iter().map(|f| &f.mem).chain(std::iter::once(&state.active));
+    let mems = state
+        .frozen
+        .iter()
+        .map(|f| &f.mem)
+        .chain(std::iter::once(&state.active));
     for mem in mems {
         for (device, month, part) in mem.partitions(&def.name, &device_ok, start, end) {
+            if !month_ok(&month) {
+                continue;
+            }
             if let Some(rows) = part.extract(start, end, &channel_idx) {
                 buffered_rows += rows.times.len();
                 parts
@@ -392,7 +409,7 @@ impl Scan {
         if rows.times.is_empty() {
             return Ok(());
         }
-        let batch = self.to_batch(&part.device, rows)?;
+        let batch = self.make_batch(&part.device, rows)?;
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = MAX_BATCH_ROWS.min(batch.num_rows() - offset);
@@ -431,10 +448,11 @@ impl Scan {
         Ok(Rows { times, seqs, cols })
     }
 
-    fn to_batch(&mut self, device: &str, rows: Rows) -> Result<RecordBatch> {
+    fn make_batch(&mut self, device: &str, rows: Rows) -> Result<RecordBatch> {
         let n = rows.times.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.out.len());
-        let time: ArrayRef = Arc::new(TimestampNanosecondArray::from(rows.times).with_timezone("UTC"));
+        let time: ArrayRef =
+            Arc::new(TimestampNanosecondArray::from(rows.times).with_timezone("UTC"));
         for col in &self.out {
             columns.push(match col {
                 OutCol::Time => time.clone(),

@@ -220,7 +220,7 @@ impl Store {
     pub fn open(dir: impl Into<PathBuf>, opts: StoreOptions) -> Result<Store> {
         let dir = dir.into();
         let vfs = opts.vfs.clone();
-        vfs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        create_root_durably(vfs.as_ref(), &dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = vfs.lock(&lock_path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
@@ -298,10 +298,10 @@ impl Store {
         let sealer = std::thread::Builder::new()
             .name("wattson-seal".into())
             .spawn(move || maintenance::seal_loop(&shared, &wal));
-        let shared = self.shared.clone();
+        let (shared, wal) = (self.shared.clone(), self.wal.clone());
         let maint = std::thread::Builder::new()
             .name("wattson-maintenance".into())
-            .spawn(move || maintenance::maintenance_loop(&shared));
+            .spawn(move || maintenance::maintenance_loop(&shared, &wal));
         for t in [sealer, maint] {
             match t {
                 Ok(handle) => threads.push(handle),
@@ -400,7 +400,13 @@ impl Store {
 
     /// The tables and their schemas.
     pub fn tables(&self) -> Vec<TableDef> {
-        self.shared.catalog.lock().tables.values().cloned().collect()
+        self.shared
+            .catalog
+            .lock()
+            .tables
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn table(&self, name: &str) -> Option<TableDef> {
@@ -429,7 +435,7 @@ impl Store {
     /// Drops every month that has fallen out of its table's retention period.
     /// Returns the number of partitions removed.
     pub fn enforce_retention(&self) -> Result<usize> {
-        maintenance::enforce_retention(&self.shared)
+        maintenance::enforce_retention(&self.shared, &self.wal)
     }
 
     /// Seals every buffered row into segment files and trims the WAL.
@@ -556,16 +562,16 @@ fn catalog_shape(c: &Catalog) -> (usize, usize) {
 fn prepare(catalog: &Catalog, readings: Vec<Reading>) -> Result<Vec<PreparedRow>> {
     let mut out = Vec::with_capacity(readings.len());
     for r in readings {
-        let def = catalog
-            .table(&r.table)
-            .ok_or_else(|| Error::Internal(format!("table `{}` vanished after admission", r.table)))?;
+        let def = catalog.table(&r.table).ok_or_else(|| {
+            Error::Internal(format!("table `{}` vanished after admission", r.table))
+        })?;
         let values = r
             .values
             .into_iter()
             .map(|(name, v)| {
-                def.channel_index(&name)
-                    .map(|i| (i, v))
-                    .ok_or_else(|| Error::Internal(format!("channel `{name}` vanished after admission")))
+                def.channel_index(&name).map(|i| (i, v)).ok_or_else(|| {
+                    Error::Internal(format!("channel `{name}` vanished after admission"))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         out.push(PreparedRow {
@@ -605,6 +611,25 @@ pub(crate) fn remove_durably(vfs: &dyn Vfs, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates the data directory if needed, making each new directory's entry
+/// durable in its parent.
+fn create_root_durably(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !vfs.is_dir(a))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    vfs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            vfs.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates a directory and makes its entry durable in every new ancestor.
 pub(crate) fn create_dir_durably(vfs: &dyn Vfs, dir: &Path, root: &Path) -> Result<()> {
     if vfs.is_dir(dir) {
@@ -625,7 +650,6 @@ pub(crate) fn create_dir_durably(vfs: &dyn Vfs, dir: &Path, root: &Path) -> Resu
 pub(crate) fn elapsed_ms(since: Instant) -> u128 {
     since.elapsed().as_millis()
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -72,7 +72,13 @@ fn child_writer() {
 
 fn run_child(dir: &Path, round: u64, kill_after: Duration) -> Option<u64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["storage_kill::child_writer", "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "storage_kill::child_writer",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir)
         .env(ROUND_ENV, round.to_string())
         .stdout(Stdio::piped())
@@ -110,9 +116,16 @@ fn sigkill_during_heavy_appends_loses_nothing_acknowledged() {
 
         let store = Store::open(dir.path(), options()).unwrap();
         let mut counts: BTreeMap<(u64, u64), usize> = BTreeMap::new();
-        for b in store.scan(&ScanRequest::table("power").columns(["time", "device"])).unwrap() {
+        for b in store
+            .scan(&ScanRequest::table("power").columns(["time", "device"]))
+            .unwrap()
+        {
             let b = b.unwrap();
-            let times = b.column(0).as_any().downcast_ref::<TimestampNanosecondArray>().unwrap();
+            let times = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampNanosecondArray>()
+                .unwrap();
             let devices = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
             for i in 0..b.num_rows() {
                 let n = ((times.value(i) - T0) / SEC) as u64;
@@ -124,16 +137,29 @@ fn sigkill_during_heavy_appends_loses_nothing_acknowledged() {
             let r = r as u64;
             let acked = last.map_or(0, |l| l + 1);
             for id in 0..acked {
-                assert_eq!(counts.get(&(r, id)), Some(&DEVICES), "round {r}: acknowledged batch {id} is not whole");
+                assert_eq!(
+                    counts.get(&(r, id)),
+                    Some(&DEVICES),
+                    "round {r}: acknowledged batch {id} is not whole"
+                );
             }
             // The batch in flight is whole or absent; nothing after it exists.
             let in_flight = counts.get(&(r, acked)).copied().unwrap_or(0);
-            assert!(in_flight == 0 || in_flight == DEVICES, "round {r}: batch {acked} is torn");
+            assert!(
+                in_flight == 0 || in_flight == DEVICES,
+                "round {r}: batch {acked} is torn"
+            );
             let beyond = counts.range((r, acked + 1)..(r + 1, 0)).count();
-            assert_eq!(beyond, 0, "round {r}: batches that were never sent are present");
+            assert_eq!(
+                beyond, 0,
+                "round {r}: batches that were never sent are present"
+            );
         }
         store.close().unwrap();
     }
     eprintln!("{ROUNDS} kills, {total_acked} acknowledged batches checked");
-    assert!(total_acked > ROUNDS, "the child acknowledged almost nothing; the test proves little");
+    assert!(
+        total_acked > ROUNDS,
+        "the child acknowledged almost nothing; the test proves little"
+    );
 }

@@ -17,6 +17,7 @@ use super::{
 use crate::catalog::TableDef;
 use crate::error::{Error, Result};
 use crate::merge::{dedup_order, take, take_values};
+use crate::model::Month;
 use crate::segment::{SegmentMeta, SegmentReader, write_segment};
 
 /// The sealing thread: freezes the active buffer when it is half full, when
@@ -168,15 +169,25 @@ fn seal_one(shared: &Shared, frozen: &Frozen) -> Result<Vec<(PartKey, Arc<Segmen
         let dir = shared.partition_dir(table, device, month);
         create_dir_durably(shared.vfs(), &dir, &shared.dir)?;
         let path = dir.join(segment_file_name(min_seq, max_seq));
-        write_segment(shared.vfs(), &path, &meta, &times, &arrays, &shared.write_options())?;
+        write_segment(
+            shared.vfs(),
+            &path,
+            &meta,
+            &times,
+            &arrays,
+            &shared.write_options(),
+        )?;
         let reader = SegmentReader::open(shared.vfs(), &path)?;
-        out.push(((table.to_owned(), device.to_owned(), month), Arc::new(reader)));
+        out.push((
+            (table.to_owned(), device.to_owned(), month),
+            Arc::new(reader),
+        ));
     }
     Ok(out)
 }
 
 /// The maintenance thread: retention and compaction, every interval.
-pub(super) fn maintenance_loop(shared: &Shared) {
+pub(super) fn maintenance_loop(shared: &Shared, wal: &StoreWal) {
     loop {
         let wake = Instant::now() + shared.opts.maintenance_interval;
         while Instant::now() < wake {
@@ -185,7 +196,7 @@ pub(super) fn maintenance_loop(shared: &Shared) {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if let Err(e) = enforce_retention(shared) {
+        if let Err(e) = enforce_retention(shared, wal) {
             record_error(shared, "retention", &e);
         }
         if let Err(e) = compact_all(shared, shared.opts.compact_min_segments) {
@@ -204,7 +215,9 @@ pub(super) fn compact_all(shared: &Shared, min_segments: usize) -> Result<usize>
             .parts
             .iter()
             .filter(|(_, segs)| segs.len() >= min_segments.max(2))
-            .filter_map(|(key, segs)| Some((key.clone(), pick_run(segs, shared.opts.compact_max_rows)?)))
+            .filter_map(|(key, segs)| {
+                Some((key.clone(), pick_run(segs, shared.opts.compact_max_rows)?))
+            })
             .collect()
     };
     let mut done = 0;
@@ -250,7 +263,10 @@ fn compact_run(shared: &Shared, key: &PartKey, run: &[Arc<SegmentReader>]) -> Re
     let columns: Vec<_> = def
         .channels
         .iter()
-        .filter(|(name, _)| run.iter().any(|s| s.meta().columns.iter().any(|c| &c.0 == name)))
+        .filter(|(name, _)| {
+            run.iter()
+                .any(|s| s.meta().columns.iter().any(|c| &c.0 == name))
+        })
         .cloned()
         .collect();
     let mut times = Vec::new();
@@ -282,7 +298,10 @@ fn compact_run(shared: &Shared, key: &PartKey, run: &[Arc<SegmentReader>]) -> Re
         None => (times, arrays),
         Some(order) => (
             take_values(&times, &order),
-            arrays.iter().map(|a| take(a, &order)).collect::<Result<Vec<_>>>()?,
+            arrays
+                .iter()
+                .map(|a| take(a, &order))
+                .collect::<Result<Vec<_>>>()?,
         ),
     };
     let min_seq = run.iter().map(|s| s.meta().min_seq).min().unwrap_or(0);
@@ -297,7 +316,14 @@ fn compact_run(shared: &Shared, key: &PartKey, run: &[Arc<SegmentReader>]) -> Re
     };
     let dir = shared.partition_dir(table, device, *month);
     let path = dir.join(segment_file_name(min_seq, max_seq));
-    write_segment(shared.vfs(), &path, &meta, &times, &arrays, &shared.write_options())?;
+    write_segment(
+        shared.vfs(),
+        &path,
+        &meta,
+        &times,
+        &arrays,
+        &shared.write_options(),
+    )?;
     let merged = Arc::new(SegmentReader::open(shared.vfs(), &path)?);
     let replaced = {
         let mut state = shared.state.write();
@@ -336,7 +362,7 @@ fn compact_run(shared: &Shared, key: &PartKey, run: &[Arc<SegmentReader>]) -> Re
 }
 
 /// Drops whole months older than each table's retention period.
-pub(super) fn enforce_retention(shared: &Shared) -> Result<usize> {
+pub(super) fn enforce_retention(shared: &Shared, wal: &StoreWal) -> Result<usize> {
     let now = shared.opts.clock.now_ns();
     let cutoffs: Vec<(String, i64)> = shared
         .catalog
@@ -348,16 +374,29 @@ pub(super) fn enforce_retention(shared: &Shared) -> Result<usize> {
     if cutoffs.is_empty() {
         return Ok(0);
     }
+    let expired = |table: &str, month: Month| {
+        cutoffs
+            .iter()
+            .any(|(t, cutoff)| t == table && month.end_ns() <= *cutoff)
+    };
+    // Buffered rows of an expired month (retention was shortened after they
+    // arrived) go through a seal, which skips them and trims their WAL, so
+    // they cannot come back after a restart.
+    let buffered_expired = {
+        let state = shared.state.read();
+        std::iter::once(&state.active)
+            .chain(state.frozen.iter().map(|f| &f.mem))
+            .any(|m| m.all().any(|(t, _, month, _)| expired(t, month)))
+    };
+    if buffered_expired {
+        seal_all(shared, wal)?;
+    }
     let expired: Vec<(PartKey, Vec<Arc<SegmentReader>>)> = {
         let mut state = shared.state.write();
         let keys: Vec<PartKey> = state
             .parts
             .keys()
-            .filter(|(table, _, month)| {
-                cutoffs
-                    .iter()
-                    .any(|(t, cutoff)| t == table && month.end_ns() <= *cutoff)
-            })
+            .filter(|(table, _, month)| expired(table, *month))
             .cloned()
             .collect();
         keys.into_iter()

@@ -33,7 +33,10 @@ pub enum RecoveryEvent {
     TempFileRemoved { file: PathBuf },
     /// The catalog file was damaged; it was moved aside and rebuilt from the
     /// segments and the WAL. Retention settings must be set again.
-    CatalogRebuilt { reason: String, moved_to: Option<PathBuf> },
+    CatalogRebuilt {
+        reason: String,
+        moved_to: Option<PathBuf>,
+    },
     /// A WAL record or reading that passed its checksum could not be applied.
     RecordSkipped { seq: u64, reason: String },
 }
@@ -50,16 +53,29 @@ impl fmt::Display for RecoveryEvent {
                 f,
                 "segment {} is damaged ({reason}); moved to {}",
                 file.display(),
-                moved_to.as_deref().map_or("nowhere".into(), |p| p.display().to_string())
+                moved_to
+                    .as_deref()
+                    .map_or("nowhere".into(), |p| p.display().to_string())
             ),
             RecoveryEvent::CompactionLeftover { file } => {
-                write!(f, "removed {} left by an interrupted compaction", file.display())
+                write!(
+                    f,
+                    "removed {} left by an interrupted compaction",
+                    file.display()
+                )
             }
             RecoveryEvent::TempFileRemoved { file } => {
-                write!(f, "removed temporary file {} of an interrupted write", file.display())
+                write!(
+                    f,
+                    "removed temporary file {} of an interrupted write",
+                    file.display()
+                )
             }
             RecoveryEvent::CatalogRebuilt { reason, .. } => {
-                write!(f, "catalog was damaged ({reason}) and was rebuilt; set retention again")
+                write!(
+                    f,
+                    "catalog was damaged ({reason}) and was rebuilt; set retention again"
+                )
             }
             RecoveryEvent::RecordSkipped { seq, reason } => {
                 write!(f, "WAL record {seq} skipped: {reason}")
@@ -105,7 +121,10 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
                 ) else {
                     continue;
                 };
-                for file in vfs.list_dir(&month_dir).map_err(|e| Error::io(&month_dir, e))? {
+                for file in vfs
+                    .list_dir(&month_dir)
+                    .map_err(|e| Error::io(&month_dir, e))?
+                {
                     let name = file_name(&file).unwrap_or_default();
                     if name.ends_with(".tmp") {
                         remove_durably(vfs, &file)?;
@@ -120,7 +139,11 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
                         if m.table == table && m.device == device && m.month == month {
                             Ok(seg)
                         } else {
-                            Err(Error::corrupt(&file, 0, "segment metadata does not match its directory"))
+                            Err(Error::corrupt(
+                                &file,
+                                0,
+                                "segment metadata does not match its directory",
+                            ))
                         }
                     });
                     match checked {
@@ -268,7 +291,10 @@ fn quarantine(shared: &Shared, file: &Path) -> Option<PathBuf> {
     match moved {
         Ok(()) => Some(target),
         Err(e) => {
-            tracing::error!("could not move damaged {} to quarantine: {e}", file.display());
+            tracing::error!(
+                "could not move damaged {} to quarantine: {e}",
+                file.display()
+            );
             None
         }
     }
