@@ -44,6 +44,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
@@ -198,7 +199,7 @@ struct Header {
     time: usize,
     device: Option<usize>,
     /// Position and name of each channel column, in file order.
-    channels: Vec<(usize, String)>,
+    channels: Vec<(usize, Arc<str>)>,
 }
 
 /// Splits a header into the time column, the optional device column and the
@@ -206,7 +207,7 @@ struct Header {
 fn split_header<'h>(names: impl Iterator<Item = &'h str>) -> Result<Header> {
     let mut time = None;
     let mut device = None;
-    let mut channels: Vec<(usize, String)> = Vec::new();
+    let mut channels: Vec<(usize, Arc<str>)> = Vec::new();
     for (i, name) in names.enumerate() {
         match column_role(name) {
             ColumnRole::Time => {
@@ -223,10 +224,10 @@ fn split_header<'h>(names: impl Iterator<Item = &'h str>) -> Result<Header> {
             }
             ColumnRole::Channel => {
                 validate_channel_name(name)?;
-                if channels.iter().any(|(_, n)| n == name) {
+                if channels.iter().any(|(_, n)| **n == *name) {
                     bail!("channel `{name}` appears twice");
                 }
-                channels.push((i, name.to_owned()));
+                channels.push((i, Arc::from(name)));
             }
         }
     }
@@ -362,7 +363,7 @@ impl<'s> Collector<'s> {
         line: u64,
         device: String,
         time: i64,
-        values: Vec<(String, Value)>,
+        values: Vec<(Arc<str>, Value)>,
     ) -> Result<()> {
         if values.is_empty() {
             return self.bad_row(line, "no channel values".to_owned());

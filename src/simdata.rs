@@ -20,7 +20,11 @@
 //! Everything is deterministic: the same device id, seed and timestamps give
 //! the same readings.
 
-use rand::rngs::StdRng;
+// SmallRng (xoshiro): the generator feeds benchmarks, so it must cost far less
+// than the store it measures; it needs no cryptographic strength.
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use wattson_storage::model::{Reading, Value};
 
@@ -174,7 +178,7 @@ struct Wander {
 }
 
 impl Wander {
-    fn new(mean: f64, sigma: f64, tau_s: f64, rng: &mut StdRng) -> Self {
+    fn new(mean: f64, sigma: f64, tau_s: f64, rng: &mut SmallRng) -> Self {
         let decay_1s = (-1.0 / tau_s).exp();
         Wander {
             mean,
@@ -186,7 +190,7 @@ impl Wander {
         }
     }
 
-    fn step(&mut self, dt_s: f64, rng: &mut StdRng) -> f64 {
+    fn step(&mut self, dt_s: f64, rng: &mut SmallRng) -> f64 {
         if dt_s > 0.0 {
             let (decay, noise) = if dt_s == 1.0 {
                 (self.decay_1s, self.noise_1s)
@@ -202,7 +206,7 @@ impl Wander {
 
 /// An approximately standard normal sample (sum of two uniforms, scaled to
 /// unit variance): cheap, bounded, and good enough for sensor noise.
-fn normal(rng: &mut StdRng) -> f64 {
+fn normal(rng: &mut SmallRng) -> f64 {
     let u: f64 = rng.random::<f64>() + rng.random::<f64>() - 1.0;
     u * 6f64.sqrt()
 }
@@ -227,7 +231,7 @@ struct Appliance {
 }
 
 impl Appliance {
-    fn new(profile: Profile, rng: &mut StdRng) -> Self {
+    fn new(profile: Profile, rng: &mut SmallRng) -> Self {
         let rated_w = profile.rated_w * rng.random_range(0.9..1.1);
         let mean_on = (profile.on_s.0 + profile.on_s.1) / 2.0;
         let mean_off = (profile.off_s.0 + profile.off_s.1) / 2.0;
@@ -249,7 +253,7 @@ impl Appliance {
     }
 
     /// Advances by `dt_s` seconds and returns the true power drawn, W.
-    fn step(&mut self, dt_s: f64, rng: &mut StdRng) -> f64 {
+    fn step(&mut self, dt_s: f64, rng: &mut SmallRng) -> f64 {
         self.left_s -= dt_s;
         self.run_s += dt_s;
         while self.left_s <= 0.0 {
@@ -287,9 +291,9 @@ impl Appliance {
 #[derive(Debug, Clone)]
 pub struct MeterSim {
     device: String,
-    rng: StdRng,
+    rng: SmallRng,
     /// The channel names, built once and cloned into each reading.
-    names: [String; 17],
+    names: [Arc<str>; 17],
     /// Per-phase voltage drift around the meter's nominal voltage.
     phases: [Wander; 3],
     appliances: [Appliance; 7],
@@ -301,7 +305,7 @@ impl MeterSim {
     /// A meter named `device`. The device id is mixed into the seed, so a
     /// fleet sharing one seed still has meters that differ.
     pub fn new(device: &str, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(splitmix64(seed ^ fnv1a(device.as_bytes())));
+        let mut rng = SmallRng::seed_from_u64(splitmix64(seed ^ fnv1a(device.as_bytes())));
         let nominal = rng.random_range(214.0..232.0);
         let phases = [0, 1, 2].map(|_| {
             let mean = nominal + rng.random_range(-1.5..1.5);
@@ -311,7 +315,7 @@ impl MeterSim {
         MeterSim {
             device: device.to_owned(),
             rng,
-            names: SEED_CHANNELS.map(str::to_owned),
+            names: SEED_CHANNELS.map(Arc::from),
             phases,
             appliances,
             last_ns: None,
@@ -336,7 +340,7 @@ impl MeterSim {
     }
 
     /// The channel values at `time_ns`, in [`SEED_CHANNELS`] order.
-    fn values(&mut self, time_ns: i64) -> Vec<(String, Value)> {
+    fn values(&mut self, time_ns: i64) -> Vec<(Arc<str>, Value)> {
         let dt_s = match self.last_ns {
             None => 1.0,
             Some(last) => {

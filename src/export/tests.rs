@@ -176,7 +176,7 @@ fn batch_of(readings: &[Reading], channels: &[(&str, ChannelType)]) -> RecordBat
     let value = |r: &Reading, name: &str| {
         r.values
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| **n == *name)
             .map(|(_, v)| v.clone())
     };
     let mut columns: Vec<ArrayRef> = vec![

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
@@ -46,7 +47,7 @@ pub(super) fn import(
     // first value in this file.
     let mut types: Vec<Option<ChannelType>> = channels
         .iter()
-        .map(|(_, name)| opts.known_types.get(name).copied())
+        .map(|(_, name)| opts.known_types.get(&**name).copied())
         .collect();
 
     let mut record = csv::StringRecord::new();
@@ -84,13 +85,13 @@ pub(super) fn import(
     Ok(())
 }
 
-type Row = (String, i64, Vec<(String, wattson_storage::model::Value)>);
+type Row = (String, i64, Vec<(Arc<str>, wattson_storage::model::Value)>);
 
 fn parse_row(
     record: &csv::StringRecord,
     time_col: usize,
     devices: &DeviceSource,
-    channels: &[(usize, String)],
+    channels: &[(usize, Arc<str>)],
     types: &mut [Option<ChannelType>],
     width: usize,
 ) -> Result<Row, String> {

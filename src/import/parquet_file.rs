@@ -1,6 +1,7 @@
 //! Parquet files: one row per reading, columns as in CSV but typed.
 
 use std::fs::File;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use arrow::compute::cast;
@@ -172,7 +173,7 @@ pub(super) fn import(
         let Some(source) = Source::of(dt) else {
             bail!("column `{name}` is {dt}; channels must be float, integer, bool or string");
         };
-        let ty = match opts.known_types.get(&name) {
+        let ty = match opts.known_types.get(&*name) {
             Some(&t) if !source.fits(t) => bail!(
                 "column `{name}` is {dt}, but channel `{name}` is {t} in table `{}`",
                 opts.table
@@ -229,7 +230,7 @@ fn read_batch(
     row_base: u64,
     (time_col, time_source): (usize, TimeSource),
     devices: &DeviceSource,
-    channels: &[(usize, String, Source)],
+    channels: &[(usize, Arc<str>, Source)],
     types: &mut [Option<ChannelType>],
     out: &mut Collector<'_>,
 ) -> Result<()> {
@@ -296,10 +297,10 @@ fn read_time(times: &ArrayRef, source: TimeSource, r: usize) -> Result<i64, Stri
 
 fn read_values(
     columns: &[ArrayRef],
-    channels: &[(usize, String, Source)],
+    channels: &[(usize, Arc<str>, Source)],
     types: &mut [Option<ChannelType>],
     r: usize,
-) -> Result<Vec<(String, Value)>, String> {
+) -> Result<Vec<(Arc<str>, Value)>, String> {
     let mut values = Vec::with_capacity(channels.len());
     // Text channels typed by this row's values; reset if the row fails, so
     // that a bad row does not decide a channel's type.

@@ -80,8 +80,8 @@ fn csv(text: &str, device: Option<&str>, on_error: OnError) -> Run {
     run(&path, device, on_error, 2)
 }
 
-fn f(name: &str, v: f64) -> (String, Value) {
-    (name.to_owned(), Value::F64(v))
+fn f(name: &str, v: f64) -> (Arc<str>, Value) {
+    (name.into(), Value::F64(v))
 }
 
 #[test]

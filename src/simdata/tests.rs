@@ -23,7 +23,7 @@ fn readings_have_the_seed_shape() {
     assert_eq!(r.table, "power_consumption");
     assert_eq!(r.device, "viconsl");
     assert_eq!(r.time, START);
-    let names: Vec<&str> = r.values.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = r.values.iter().map(|(n, _)| &**n).collect();
     assert_eq!(names, SEED_CHANNELS);
     for name in SEED_CHANNELS {
         wattson_storage::model::validate_channel_name(name).unwrap();

@@ -7,12 +7,15 @@
 //! "Catalog file") whenever retention changes and before every seal, and
 //! rebuilt from segments and the WAL where it is missing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::io::Vfs;
+use crate::memtable::PreparedRow;
 use crate::model::{
     ChannelType, MAX_STRING_BYTES, Reading, Value, validate_channel_name, validate_device_name,
     validate_table_name,
@@ -32,7 +35,9 @@ pub struct TableDef {
     pub channels: Vec<(String, ChannelType)>,
     /// Whole months that end before `now - retention` are dropped.
     pub retention: Option<Duration>,
-    index: HashMap<String, usize>,
+    /// Channel name to position; FxHash because every appended value looks
+    /// its channel up here.
+    index: FxHashMap<String, usize>,
 }
 
 impl TableDef {
@@ -41,7 +46,7 @@ impl TableDef {
             name: name.to_owned(),
             channels: Vec::new(),
             retention: None,
-            index: HashMap::new(),
+            index: FxHashMap::default(),
         }
     }
 
@@ -83,21 +88,28 @@ impl Catalog {
             .or_insert_with(|| TableDef::new(name))
     }
 
-    /// Checks a batch against the schema and extends the schema with its new
-    /// channels. All or nothing: on error the catalog is unchanged.
-    pub(crate) fn admit(&mut self, readings: &[Reading]) -> Result<()> {
-        // New channels seen in this batch, so two readings of one batch that
-        // disagree about a new channel's type are caught too.
-        let mut pending: HashMap<(&str, &str), ChannelType> = HashMap::new();
+    /// Checks a batch against the schema, extends the schema with its new
+    /// channels, and resolves every channel to its index. All or nothing: on
+    /// error the catalog is unchanged. Also returns whether the schema grew.
+    pub(crate) fn admit(&mut self, readings: Vec<Reading>) -> Result<(Vec<PreparedRow>, bool)> {
+        // Channels this batch adds, in order of first appearance, so two
+        // readings of one batch that disagree about a new channel's type are
+        // caught too.
+        let mut new_channels: Vec<(String, String, ChannelType)> = Vec::new();
         let mut new_tables: Vec<&str> = Vec::new();
-        for r in readings {
+        let mut indices = Vec::with_capacity(readings.iter().map(|r| r.values.len()).sum());
+        // The last reading that used each channel index: finds a channel
+        // named twice in one reading without comparing names pairwise.
+        let mut seen: Vec<usize> = Vec::new();
+        for (ri, r) in readings.iter().enumerate() {
             let def = self.tables.get(r.table.as_str());
             if def.is_none() && !new_tables.contains(&r.table.as_str()) {
                 validate_table_name(&r.table)?;
                 new_tables.push(&r.table);
             }
             validate_device_name(&r.device)?;
-            for (i, (name, value)) in r.values.iter().enumerate() {
+            let known = def.map_or(0, |d| d.channels.len());
+            for (name, value) in &r.values {
                 let got = value.channel_type();
                 if let Value::Str(s) = value
                     && s.len() > MAX_STRING_BYTES
@@ -108,45 +120,72 @@ impl Catalog {
                         s.len()
                     )));
                 }
-                if r.values[..i].iter().any(|(n, _)| n == name) {
+                let existing =
+                    def.and_then(|d| d.index.get(&**name).map(|&i| (i, d.channels[i].1)));
+                let (idx, ty) = match existing {
+                    Some(found) => found,
+                    None => {
+                        let pending = new_channels
+                            .iter()
+                            .filter(|c| c.0 == r.table)
+                            .enumerate()
+                            .find(|(_, c)| *c.1 == **name)
+                            .map(|(k, c)| (known + k, c.2));
+                        match pending {
+                            Some(found) => found,
+                            None => {
+                                validate_channel_name(name)?;
+                                let k = new_channels.iter().filter(|c| c.0 == r.table).count();
+                                new_channels.push((r.table.clone(), name.to_string(), got));
+                                (known + k, got)
+                            }
+                        }
+                    }
+                };
+                if ty != got {
+                    return Err(Error::TypeConflict {
+                        table: r.table.clone(),
+                        channel: name.to_string(),
+                        existing: ty,
+                        got,
+                    });
+                }
+                if seen.len() <= idx {
+                    seen.resize(idx + 1, usize::MAX);
+                }
+                if seen[idx] == ri {
                     return Err(Error::InvalidInput(format!(
                         "table `{}`: channel `{name}` appears twice in one reading",
                         r.table
                     )));
                 }
-                let existing = def
-                    .and_then(|d| d.channel_index(name).map(|i| d.channels[i].1))
-                    .or_else(|| pending.get(&(r.table.as_str(), name.as_str())).copied());
-                match existing {
-                    Some(existing) if existing != got => {
-                        return Err(Error::TypeConflict {
-                            table: r.table.clone(),
-                            channel: name.clone(),
-                            existing,
-                            got,
-                        });
-                    }
-                    Some(_) => {}
-                    None => {
-                        validate_channel_name(name)?;
-                        pending.insert((r.table.as_str(), name.as_str()), got);
-                    }
-                }
+                seen[idx] = ri;
+                indices.push(idx);
             }
         }
-        if pending.is_empty() && new_tables.is_empty() {
-            return Ok(());
+        let changed = !new_tables.is_empty() || !new_channels.is_empty();
+        let new_tables: Vec<String> = new_tables.into_iter().map(str::to_owned).collect();
+        for table in &new_tables {
+            self.table_mut(table);
         }
-        // Extend in reading order so channels keep their order of first appearance.
-        for r in readings {
-            let def = self.table_mut(&r.table);
-            for (name, value) in &r.values {
-                if def.channel_index(name).is_none() {
-                    def.add_channel(name, value.channel_type());
-                }
-            }
+        for (table, name, ty) in new_channels {
+            self.table_mut(&table).add_channel(&name, ty);
         }
-        Ok(())
+        let mut indices = indices.into_iter();
+        let rows = readings
+            .into_iter()
+            .map(|r| PreparedRow {
+                table: r.table,
+                device: r.device,
+                time: r.time,
+                values: r
+                    .values
+                    .into_iter()
+                    .map(|(_, v)| (indices.next().unwrap_or_default(), v))
+                    .collect(),
+            })
+            .collect();
+        Ok((rows, changed))
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -263,17 +302,17 @@ mod tests {
             table: table.into(),
             device: "m1".into(),
             time: 0,
-            values: values.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
+            values: values.into_iter().map(|(n, v)| (n.into(), v)).collect(),
         }
     }
 
     #[test]
     fn conflicts_name_table_channel_and_both_types() {
         let mut c = Catalog::default();
-        c.admit(&[reading("t", vec![("a", Value::F64(1.0))])])
+        c.admit(vec![reading("t", vec![("a", Value::F64(1.0))])])
             .unwrap();
         let err = c
-            .admit(&[reading(
+            .admit(vec![reading(
                 "t",
                 vec![("b", Value::Bool(true)), ("a", Value::I64(1))],
             )])
@@ -285,7 +324,7 @@ mod tests {
         // All or nothing: `b` was not added.
         assert_eq!(c.table("t").unwrap().channels.len(), 1);
         let err = c
-            .admit(&[
+            .admit(vec![
                 reading("t", vec![("c", Value::F64(1.0))]),
                 reading("t", vec![("c", Value::Str("x".into()))]),
             ])
@@ -298,7 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vfs = crate::io::RealFs;
         let mut c = Catalog::default();
-        c.admit(&[
+        c.admit(vec![
             reading("t", vec![("z", Value::F64(1.0)), ("a", Value::I64(1))]),
             reading("t", vec![("m", Value::Bool(true))]),
         ])
@@ -320,7 +359,7 @@ mod tests {
     #[test]
     fn damaged_catalog_is_reported_not_panicked() {
         let mut c = Catalog::default();
-        c.admit(&[reading("t", vec![("a", Value::F64(1.0))])])
+        c.admit(vec![reading("t", vec![("a", Value::F64(1.0))])])
             .unwrap();
         let good = c.encode();
         for i in 0..good.len() {
@@ -341,18 +380,18 @@ mod tests {
     #[test]
     fn bad_names_and_long_strings_are_rejected() {
         let mut c = Catalog::default();
-        assert!(c.admit(&[reading("T", vec![])]).is_err());
+        assert!(c.admit(vec![reading("T", vec![])]).is_err());
         assert!(
-            c.admit(&[reading("t", vec![("time", Value::F64(1.0))])])
+            c.admit(vec![reading("t", vec![("time", Value::F64(1.0))])])
                 .is_err()
         );
         let long = "x".repeat(MAX_STRING_BYTES + 1);
         assert!(
-            c.admit(&[reading("t", vec![("s", Value::Str(long))])])
+            c.admit(vec![reading("t", vec![("s", Value::Str(long))])])
                 .is_err()
         );
         assert!(
-            c.admit(&[reading(
+            c.admit(vec![reading(
                 "t",
                 vec![("a", Value::F64(1.0)), ("a", Value::F64(2.0))]
             )])

@@ -1,6 +1,7 @@
 //! The data model shared by every crate: readings, channel types, months.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -96,7 +97,9 @@ pub struct Reading {
     /// Nanoseconds since the Unix epoch, UTC.
     pub time: i64,
     /// Channel name and value pairs. A channel may appear at most once.
-    pub values: Vec<(String, Value)>,
+    /// Names are shared (`Arc<str>`): a producer builds them once and every
+    /// reading clones a pointer, not a string.
+    pub values: Vec<(Arc<str>, Value)>,
 }
 
 /// A calendar month in UTC, the unit of partitioning and retention.

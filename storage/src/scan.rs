@@ -137,7 +137,11 @@ struct Current {
 /// Decoded rows of one unit or cluster, before they become a batch.
 #[derive(Debug)]
 struct Rows {
+    n: usize,
+    /// Empty when nothing needs them: a block wholly inside the range, not
+    /// merged with others, for a scan that does not output `time`.
     times: Vec<i64>,
+    /// Empty unless the rows take part in a merge.
     seqs: Vec<u64>,
     cols: Vec<Option<ArrayRef>>,
 }
@@ -327,11 +331,12 @@ impl Scan {
         Current { part, clusters }
     }
 
-    fn decode_unit(&mut self, part: &PartSnap, unit: Unit) -> Result<Option<Rows>> {
+    fn decode_unit(&mut self, part: &PartSnap, unit: Unit, merging: bool) -> Result<Option<Rows>> {
         match unit {
             Unit::Mem(i) => {
                 let m = &part.mem[i];
                 Ok(Some(Rows {
+                    n: m.times.len(),
                     times: m.times.clone(),
                     seqs: m.seqs.clone(),
                     cols: m.cols.clone(),
@@ -340,10 +345,23 @@ impl Scan {
             Unit::Block { seg, block } => {
                 let seg = &part.segments[seg];
                 self.metrics.blocks_read += 1;
+                let wants_time = self.out.iter().any(|c| matches!(c, OutCol::Time));
                 let decoded = (|| -> Result<Rows> {
-                    let times = seg.read_times(block)?;
-                    let lo = times.partition_point(|t| *t < self.start);
-                    let hi = times.partition_point(|t| *t < self.end);
+                    let meta = &seg.blocks()[block];
+                    let whole = meta.min_time >= self.start && meta.max_time < self.end;
+                    let mut times = if merging || !whole || wants_time {
+                        seg.read_times(block)?
+                    } else {
+                        Vec::new()
+                    };
+                    let (lo, hi) = if whole {
+                        (0, meta.rows as usize)
+                    } else {
+                        (
+                            times.partition_point(|t| *t < self.start),
+                            times.partition_point(|t| *t < self.end),
+                        )
+                    };
                     let mut cols = Vec::with_capacity(self.channels.len());
                     for (name, _) in &self.channels {
                         let col = match seg.meta().columns.iter().position(|c| &c.0 == name) {
@@ -353,9 +371,17 @@ impl Scan {
                         cols.push(col);
                     }
                     let n = hi - lo;
+                    if !whole {
+                        times = times[lo..hi].to_vec();
+                    }
                     Ok(Rows {
-                        times: times[lo..hi].to_vec(),
-                        seqs: vec![seg.meta().max_seq; n],
+                        n,
+                        times,
+                        seqs: if merging {
+                            vec![seg.meta().max_seq; n]
+                        } else {
+                            Vec::new()
+                        },
                         cols,
                     })
                 })();
@@ -375,14 +401,16 @@ impl Scan {
     /// Decodes one cluster into batches on `pending`.
     fn run_cluster(&mut self, part: &PartSnap, cluster: &[Unit]) -> Result<()> {
         let mut chunks = Vec::with_capacity(cluster.len());
+        let merging = cluster.len() > 1;
         for unit in cluster {
-            if let Some(rows) = self.decode_unit(part, *unit)? {
+            if let Some(rows) = self.decode_unit(part, *unit, merging)? {
                 chunks.push(rows);
             }
         }
         let needs_merge = chunks.len() > 1 || cluster.iter().any(|u| matches!(u, Unit::Mem(_)));
         let rows = if chunks.len() == 1 {
             chunks.pop().unwrap_or(Rows {
+                n: 0,
                 times: Vec::new(),
                 seqs: Vec::new(),
                 cols: Vec::new(),
@@ -394,6 +422,7 @@ impl Scan {
             match dedup_order(&rows.times, &rows.seqs) {
                 None => rows,
                 Some(order) => Rows {
+                    n: order.len(),
                     times: take_values(&rows.times, &order),
                     seqs: Vec::new(),
                     cols: rows
@@ -406,7 +435,7 @@ impl Scan {
         } else {
             rows
         };
-        if rows.times.is_empty() {
+        if rows.n == 0 {
             return Ok(());
         }
         let batch = self.make_batch(&part.device, rows)?;
@@ -433,7 +462,7 @@ impl Scan {
                 .map(|c| {
                     c.cols[ci]
                         .clone()
-                        .unwrap_or_else(|| new_null_array(&ty.arrow_type(), c.times.len()))
+                        .unwrap_or_else(|| new_null_array(&ty.arrow_type(), c.n))
                 })
                 .collect();
             let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
@@ -441,15 +470,22 @@ impl Scan {
                 Error::Internal(format!("concatenating scan columns failed: {e}"))
             })?));
         }
+        let mut n = 0;
         for c in chunks {
+            n += c.n;
             times.extend(c.times);
             seqs.extend(c.seqs);
         }
-        Ok(Rows { times, seqs, cols })
+        Ok(Rows {
+            n,
+            times,
+            seqs,
+            cols,
+        })
     }
 
     fn make_batch(&mut self, device: &str, rows: Rows) -> Result<RecordBatch> {
-        let n = rows.times.len();
+        let n = rows.n;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.out.len());
         let time: ArrayRef =
             Arc::new(TimestampNanosecondArray::from(rows.times).with_timezone("UTC"));

@@ -2,7 +2,7 @@
 //! (table, device, month) partition's readings.
 //!
 //! This module owns the segment byte format (described byte for byte in
-//! `docs/segment-format.md`), the writer [`write_segment`] and the reader
+//! `docs/storage-format.md, "Segment files"`), the writer [`write_segment`] and the reader
 //! [`SegmentReader`]. It promises:
 //!
 //! - **Durability**: [`write_segment`] returns only after the file is complete
@@ -114,7 +114,7 @@ pub struct ChunkMeta {
     pub len: u32,
     /// CRC32C over the chunk's stored bytes.
     pub crc32c: u32,
-    /// Encoding tag (low 7 bits) and zstd flag (0x80); see `docs/segment-format.md`.
+    /// Encoding tag (low 7 bits) and zstd flag (0x80); see `docs/storage-format.md, "Segment files"`.
     pub encoding: u8,
     pub null_count: u32,
     pub stats: Stats,

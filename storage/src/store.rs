@@ -343,12 +343,11 @@ impl Store {
         let prepared = {
             let mut catalog = self.shared.catalog.lock();
             self.check_retention(&catalog, &readings)?;
-            let before = catalog_shape(&catalog);
-            catalog.admit(&readings)?;
-            if catalog_shape(&catalog) != before {
+            let (rows, changed) = catalog.admit(readings)?;
+            if changed {
                 self.shared.catalog_version.lock().0 += 1;
             }
-            prepare(&catalog, readings)?
+            rows
         };
         let seq = self.wal.append(payload, prepared)?;
         Ok(AppendReceipt { seq, rows })
@@ -548,40 +547,6 @@ impl Drop for Store {
         self.closed.store(true, Ordering::Release);
         self.stop_threads();
     }
-}
-
-fn catalog_shape(c: &Catalog) -> (usize, usize) {
-    (
-        c.tables.len(),
-        c.tables.values().map(|t| t.channels.len()).sum(),
-    )
-}
-
-/// Resolves channel names to indices once, on the appending thread, so the
-/// commit path only appends values.
-fn prepare(catalog: &Catalog, readings: Vec<Reading>) -> Result<Vec<PreparedRow>> {
-    let mut out = Vec::with_capacity(readings.len());
-    for r in readings {
-        let def = catalog.table(&r.table).ok_or_else(|| {
-            Error::Internal(format!("table `{}` vanished after admission", r.table))
-        })?;
-        let values = r
-            .values
-            .into_iter()
-            .map(|(name, v)| {
-                def.channel_index(&name).map(|i| (i, v)).ok_or_else(|| {
-                    Error::Internal(format!("channel `{name}` vanished after admission"))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        out.push(PreparedRow {
-            table: r.table,
-            device: r.device,
-            time: r.time,
-            values,
-        });
-    }
-    Ok(out)
 }
 
 /// File name of a segment holding WAL sequence numbers `min..=max`.

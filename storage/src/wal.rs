@@ -11,7 +11,7 @@
 //!
 //! Submodules: `format` (bytes on disk), `recovery` (replay and repair at
 //! open), `committer` (the writer thread). The byte layout, the fsync
-//! protocol and the recovery rules are in `docs/wal-format.md`.
+//! protocol and the recovery rules are in `docs/storage-format.md, "Write-ahead log"`.
 
 use std::fmt;
 use std::path::PathBuf;

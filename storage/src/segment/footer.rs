@@ -60,7 +60,7 @@ fn put_chunk(out: &mut Vec<u8>, c: &ChunkMeta) {
     }
 }
 
-/// Serialises the footer (see `docs/segment-format.md`).
+/// Serialises the footer (see `docs/storage-format.md, "Segment files"`).
 pub(crate) fn encode(meta: &SegmentMeta, blocks: &[BlockMeta]) -> Vec<u8> {
     let mut out = Vec::new();
     put_str(&mut out, &meta.table);

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{PartKey, SEGMENT_EXT, Shared, prepare, remove_durably};
+use super::{PartKey, SEGMENT_EXT, Shared, remove_durably};
 use crate::batch;
 use crate::catalog::{CATALOG_FILE, Catalog};
 use crate::error::{Error, Result};
@@ -232,11 +232,8 @@ pub(super) fn replay_record(
         {
             continue;
         }
-        let applied = catalog
-            .admit(std::slice::from_ref(&r))
-            .and_then(|()| prepare(&catalog, vec![r]));
-        match applied {
-            Ok(rows) => {
+        match catalog.admit(vec![r]) {
+            Ok((rows, _)) => {
                 for row in rows {
                     state.active.insert(seq, row);
                 }

@@ -40,7 +40,7 @@ fn r(device: &str, time: i64, values: &[(&str, Value)]) -> Reading {
         time,
         values: values
             .iter()
-            .map(|(n, v)| ((*n).to_owned(), v.clone()))
+            .map(|(n, v)| ((*n).into(), v.clone()))
             .collect(),
     }
 }

@@ -1,7 +1,7 @@
 //! The WAL's bytes on disk: segment file names, the file header and the
 //! record frame. Encoding and bounds-checked decoding only; deciding what a
 //! bad frame means is recovery's job. The layout is documented byte for byte
-//! in `docs/wal-format.md`.
+//! in `docs/storage-format.md, "Write-ahead log"`.
 //!
 //! ```text
 //! file header (28 bytes)

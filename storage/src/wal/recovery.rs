@@ -10,7 +10,7 @@
 //! - nothing panics and nothing allocates more than a file's size, whatever
 //!   the bytes.
 //!
-//! The rules (see `docs/wal-format.md`): a bad frame at the end of the last
+//! The rules (see `docs/storage-format.md, "Write-ahead log"`): a bad frame at the end of the last
 //! file is a torn tail, truncated away. Anywhere else the scanner looks for
 //! the next valid record byte by byte; the bytes it skips are damage,
 //! reported and copied to the quarantine directory, and the records after

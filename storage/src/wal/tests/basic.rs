@@ -278,7 +278,7 @@ fn wal_is_send_and_sync_for_any_send_item() {
     check::<Wal<std::cell::Cell<u8>>>();
 }
 
-/// Freezes the byte layout documented in docs/wal-format.md.
+/// Freezes the byte layout documented in docs/storage-format.md, "Write-ahead log".
 #[test]
 fn wal_format_bytes_are_frozen() {
     let header = format::encode_header(7);
