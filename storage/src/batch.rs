@@ -8,6 +8,8 @@
 //! Values: f64 as 8 bytes little-endian, i64 as a signed varint, bool as one
 //! byte (0 or 1), strings as (len, utf8).
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
 
 use crate::model::{ChannelType, Reading, Value};
@@ -20,6 +22,10 @@ pub(crate) fn encode(readings: &[Reading]) -> Vec<u8> {
     // Names are short and trusted here: FxHash is several times faster than
     // SipHash on them, and this runs for every value appended.
     let mut index: FxHashMap<&str, u64> = FxHashMap::default();
+    // Readings of one producer share their name `Arc`s, so a pointer match
+    // with the previous reading's name at the same position skips the hash
+    // lookup. The batch is borrowed throughout, so no pointer can be reused.
+    let mut last: Vec<(*const str, u64)> = Vec::new();
     let mut body = Vec::with_capacity(readings.len() * 64);
     put_u64(&mut body, readings.len() as u64);
     for r in readings {
@@ -32,11 +38,22 @@ pub(crate) fn encode(readings: &[Reading]) -> Vec<u8> {
         }
         put_i64(&mut body, r.time);
         put_u64(&mut body, r.values.len() as u64);
-        for (name, value) in &r.values {
-            let id = *index.entry(name).or_insert_with(|| {
-                names.push(name);
-                names.len() as u64 - 1
-            });
+        for (i, (name, value)) in r.values.iter().enumerate() {
+            let ptr = Arc::as_ptr(name);
+            let id = match last.get(i) {
+                Some(&(p, id)) if std::ptr::eq(p, ptr) => id,
+                _ => {
+                    let id = *index.entry(name).or_insert_with(|| {
+                        names.push(name);
+                        names.len() as u64 - 1
+                    });
+                    match last.get_mut(i) {
+                        Some(slot) => *slot = (ptr, id),
+                        None => last.push((ptr, id)),
+                    }
+                    id
+                }
+            };
             put_u64(&mut body, id);
             body.push(value.channel_type().tag());
             match value {

@@ -8,6 +8,7 @@
 //! rebuilt from segments and the WAL where it is missing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use std::path::Path;
@@ -101,7 +102,16 @@ impl Catalog {
         // The last reading that used each channel index: finds a channel
         // named twice in one reading without comparing names pairwise.
         let mut seen: Vec<usize> = Vec::new();
+        // Name pointer, index and type of the previous reading's channels:
+        // readings of one producer share their name `Arc`s, so a pointer
+        // match skips the lookup (see `batch::encode`).
+        let mut last: Vec<(*const str, usize, ChannelType)> = Vec::new();
+        let mut last_table: &str = "";
         for (ri, r) in readings.iter().enumerate() {
+            if r.table != last_table {
+                last.clear();
+                last_table = &r.table;
+            }
             let def = self.tables.get(r.table.as_str());
             if def.is_none() && !new_tables.contains(&r.table.as_str()) {
                 validate_table_name(&r.table)?;
@@ -109,7 +119,7 @@ impl Catalog {
             }
             validate_device_name(&r.device)?;
             let known = def.map_or(0, |d| d.channels.len());
-            for (name, value) in &r.values {
+            for (vi, (name, value)) in r.values.iter().enumerate() {
                 let got = value.channel_type();
                 if let Value::Str(s) = value
                     && s.len() > MAX_STRING_BYTES
@@ -120,8 +130,14 @@ impl Catalog {
                         s.len()
                     )));
                 }
-                let existing =
-                    def.and_then(|d| d.index.get(&**name).map(|&i| (i, d.channels[i].1)));
+                let ptr = Arc::as_ptr(name);
+                let cached = last
+                    .get(vi)
+                    .filter(|c| std::ptr::eq(c.0, ptr))
+                    .map(|c| (c.1, c.2));
+                let existing = cached.or_else(|| {
+                    def.and_then(|d| d.index.get(&**name).map(|&i| (i, d.channels[i].1)))
+                });
                 let (idx, ty) = match existing {
                     Some(found) => found,
                     None => {
@@ -161,6 +177,10 @@ impl Catalog {
                 }
                 seen[idx] = ri;
                 indices.push(idx);
+                match last.get_mut(vi) {
+                    Some(slot) => *slot = (ptr, idx, ty),
+                    None => last.push((ptr, idx, ty)),
+                }
             }
         }
         let changed = !new_tables.is_empty() || !new_channels.is_empty();

@@ -27,6 +27,20 @@ pub(crate) struct PreparedRow {
     pub(crate) values: Vec<(usize, Value)>,
 }
 
+impl PreparedRow {
+    /// What the row costs in the buffer, for its memory bound.
+    pub(crate) fn bytes(&self) -> usize {
+        16 + self
+            .values
+            .iter()
+            .map(|(_, v)| match v {
+                Value::Str(s) => 9 + s.len(),
+                _ => 9,
+            })
+            .sum::<usize>()
+    }
+}
+
 #[derive(Debug)]
 enum ColBuf {
     F64(Float64Builder),
@@ -111,20 +125,15 @@ impl PartBuf {
         self.times.len()
     }
 
-    fn push(&mut self, time: i64, seq: u64, values: Vec<(usize, Value)>) -> usize {
+    fn push(&mut self, time: i64, seq: u64, values: Vec<(usize, Value)>) {
         let row = self.times.len();
         self.times.push(time);
         self.seqs.push(seq);
-        let mut bytes = 16;
         for (idx, value) in values {
             if self.cols.len() <= idx {
                 self.cols.resize_with(idx + 1, || None);
             }
             let col = self.cols[idx].get_or_insert_with(|| ColBuf::new(value.channel_type(), row));
-            bytes += match &value {
-                Value::Str(s) => 9 + s.len(),
-                _ => 9,
-            };
             col.push(value);
         }
         for col in self.cols.iter_mut().flatten() {
@@ -132,7 +141,6 @@ impl PartBuf {
                 col.push_nulls(1);
             }
         }
-        bytes
     }
 
     /// Copies the rows with `start <= time < end`, for the given channels.
@@ -228,6 +236,7 @@ impl Memtable {
     /// Inserts one committed row.
     pub(crate) fn insert(&mut self, seq: u64, row: PreparedRow) {
         let month = Month::of(row.time);
+        self.bytes += row.bytes();
         let part = self
             .parts
             .entry(row.table)
@@ -236,7 +245,7 @@ impl Memtable {
             .or_default()
             .entry(month)
             .or_default();
-        self.bytes += part.push(row.time, seq, row.values);
+        part.push(row.time, seq, row.values);
         self.rows += 1;
     }
 

@@ -70,7 +70,7 @@ impl Default for StoreOptions {
             group_commit_window: Duration::from_millis(2),
             wal_segment_bytes: 64 << 20,
             block_rows: 65_536,
-            zstd_level: 7,
+            zstd_level: 3,
             compact_min_segments: 4,
             compact_max_rows: 1 << 20,
             maintenance_interval: Duration::from_secs(10),
@@ -128,6 +128,19 @@ impl State {
     }
 }
 
+/// Committed batches not yet applied to the active buffer, oldest first.
+///
+/// The WAL's commit callback only queues here, so the committer can start
+/// the next write and fdatasync at once; the apply thread (or a scan or a
+/// freeze, whichever needs the rows first) moves them into the buffer under
+/// the state lock. Every reader of the active buffer applies the queue
+/// first, so an acknowledged append is visible to every later scan.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub(crate) batches: Vec<(u64, Vec<PreparedRow>)>,
+    pub(crate) bytes: usize,
+}
+
 /// Everything the background threads and the WAL callback share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -137,6 +150,9 @@ pub(crate) struct Shared {
     /// Bumped on every catalog change, so sealing saves it only when needed.
     pub(crate) catalog_version: Mutex<(u64, u64)>,
     pub(crate) state: RwLock<State>,
+    pub(crate) pending: Mutex<Pending>,
+    /// Wakes the apply thread when `pending` fills.
+    pub(crate) apply_signal: Condvar,
     /// Woken when buffer space frees up or the store shuts down.
     pub(crate) space: Condvar,
     pub(crate) space_lock: Mutex<()>,
@@ -184,17 +200,49 @@ impl Shared {
     }
 
     fn on_commit(&self, committed: Vec<(u64, Vec<PreparedRow>)>) {
-        let mut state = self.state.write();
-        for (seq, rows) in committed {
+        let bytes: usize = committed
+            .iter()
+            .flat_map(|(_, rows)| rows.iter().map(PreparedRow::bytes))
+            .sum();
+        let queued = {
+            let mut pending = self.pending.lock();
+            pending.batches.extend(committed);
+            pending.bytes += bytes;
+            pending.bytes
+        };
+        self.apply_signal.notify_one();
+        if queued + self.state.read().active.bytes() >= self.opts.buffer_bytes / 2 {
+            self.request_seal();
+        }
+    }
+
+    /// Moves committed batches into the active buffer. Callers hold the
+    /// state lock for writing, which orders this with every reader.
+    pub(crate) fn apply_pending(&self, state: &mut State) {
+        let batches = {
+            let mut pending = self.pending.lock();
+            pending.bytes = 0;
+            std::mem::take(&mut pending.batches)
+        };
+        for (seq, rows) in batches {
             for row in rows {
                 state.active.insert(seq, row);
             }
         }
-        let full = state.active.bytes() >= self.opts.buffer_bytes / 2;
-        drop(state);
-        if full {
-            self.request_seal();
-        }
+    }
+
+    /// The state with every committed batch applied, for reading.
+    pub(crate) fn applied_state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
+        let mut state = self.state.write();
+        self.apply_pending(&mut state);
+        parking_lot::RwLockWriteGuard::downgrade(state)
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        // Lock order is state, then pending: never hold `pending` while
+        // taking `state`.
+        let queued = self.pending.lock().bytes;
+        queued + self.state.read().buffered_bytes()
     }
 }
 
@@ -235,6 +283,8 @@ impl Store {
             catalog: Mutex::new(Catalog::default()),
             catalog_version: Mutex::new((0, 0)),
             state: RwLock::new(State::default()),
+            pending: Mutex::new(Pending::default()),
+            apply_signal: Condvar::new(),
             space: Condvar::new(),
             space_lock: Mutex::new(()),
             seal_wanted: Mutex::new(false),
@@ -302,7 +352,11 @@ impl Store {
         let maint = std::thread::Builder::new()
             .name("wattson-maintenance".into())
             .spawn(move || maintenance::maintenance_loop(&shared, &wal));
-        for t in [sealer, maint] {
+        let shared = self.shared.clone();
+        let apply = std::thread::Builder::new()
+            .name("wattson-apply".into())
+            .spawn(move || maintenance::apply_loop(&shared));
+        for t in [sealer, maint, apply] {
             match t {
                 Ok(handle) => threads.push(handle),
                 Err(e) => tracing::error!("could not start a storage background thread: {e}"),
@@ -373,7 +427,7 @@ impl Store {
         let limit = self.shared.opts.buffer_bytes;
         let mut guard = self.shared.space_lock.lock();
         loop {
-            if self.shared.state.read().buffered_bytes() < limit {
+            if self.shared.buffered_bytes() < limit {
                 return Ok(());
             }
             if self.closed.load(Ordering::Acquire) {
@@ -393,7 +447,7 @@ impl Store {
             .table(&req.table)
             .ok_or_else(|| Error::UnknownTable(req.table.clone()))?;
         let now = self.shared.opts.clock.now_ns();
-        let state = self.shared.state.read();
+        let state = self.shared.applied_state();
         scan::snapshot(&def, req, &state, def.cutoff_ns(now))
     }
 
@@ -450,7 +504,7 @@ impl Store {
 
     /// Every partition with its size.
     pub fn partitions(&self) -> Vec<PartitionInfo> {
-        let state = self.shared.state.read();
+        let state = self.shared.applied_state();
         let mut out: BTreeMap<PartKey, PartitionInfo> = BTreeMap::new();
         for ((table, device, month), segs) in &state.parts {
             out.insert(
@@ -533,6 +587,7 @@ impl Store {
     fn stop_threads(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.request_seal();
+        self.shared.apply_signal.notify_all();
         self.shared.space.notify_all();
         for t in self.threads.lock().drain(..) {
             if t.join().is_err() {

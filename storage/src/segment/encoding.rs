@@ -243,19 +243,31 @@ fn scaled(v: f64, d: usize) -> Option<i64> {
 }
 
 /// The smallest number of decimals d in 0..=9 at which every value passes
-/// [`scaled`]. A value exact at some d is usually, but not provably, exact at
-/// a larger one, hence the final check of all values at the chosen d.
-fn decimal_scale(values: &[f64]) -> Option<usize> {
+/// [`scaled`], with the scaled integers. A value exact at some d is usually,
+/// but not provably, exact at a larger one, so when d grows every value is
+/// checked again from the start. Meter data settles on its d within the
+/// first few non-integer values, so this is about one pass.
+fn decimal_scale(values: &[f64]) -> Option<(usize, Vec<i64>)> {
     let mut d = 0;
-    for &v in values {
-        while scaled(v, d).is_none() {
-            d += 1;
-            if d >= POW10.len() {
-                return None;
+    let mut ks = Vec::with_capacity(values.len());
+    let mut i = 0;
+    while let Some(&v) = values.get(i) {
+        match scaled(v, d) {
+            Some(k) => {
+                ks.push(k);
+                i += 1;
+            }
+            None => {
+                d += 1;
+                if d >= POW10.len() {
+                    return None;
+                }
+                ks.clear();
+                i = 0;
             }
         }
     }
-    (d..POW10.len()).find(|&d| values.iter().all(|&v| scaled(v, d).is_some()))
+    Some((d, ks))
 }
 
 /// Byte-transposes 8-byte words so that equal high bytes (sign, exponent)
@@ -292,12 +304,12 @@ fn unshuffle(bytes: &[u8], n: usize) -> Decoded<Vec<u64>> {
 /// offered and the writer keeps the one zstd shrinks more: plain shuffle wins
 /// on noisy data, XOR-with-previous on slowly changing or repeated values.
 pub(crate) fn f64_candidates(values: &[f64]) -> Vec<(u8, Vec<u8>)> {
-    if let Some(d) = decimal_scale(values) {
-        let mut out = vec![d as u8];
+    if let Some((d, ks)) = decimal_scale(values) {
+        let mut out = Vec::with_capacity(1 + ks.len() * 2);
+        out.push(d as u8);
         let mut prev = 0i64;
-        for &v in values {
-            let k = scaled(v, d).unwrap_or_default();
-            put_varint(&mut out, zigzag(k - prev));
+        for k in ks {
+            put_varint(&mut out, zigzag(k.wrapping_sub(prev)));
             prev = k;
         }
         return vec![(F64_DECIMAL, out)];

@@ -41,8 +41,9 @@ pub(super) fn seal_loop(shared: &Shared, wal: &StoreWal) {
             return;
         }
         let (active_bytes, frozen) = {
+            let queued = shared.pending.lock().bytes;
             let state = shared.state.read();
-            (state.active.bytes(), state.frozen.len())
+            (state.active.bytes() + queued, state.frozen.len())
         };
         let due = active_bytes > 0 && last_freeze.elapsed() >= shared.opts.seal_interval;
         if (active_bytes >= shared.opts.buffer_bytes / 2 || due) && frozen == 0 {
@@ -69,6 +70,9 @@ pub(super) fn seal_loop(shared: &Shared, wal: &StoreWal) {
 fn freeze_active(shared: &Shared, wal: &StoreWal) -> Result<()> {
     wal.rotate_with(|through_seq| {
         let mut state = shared.state.write();
+        // No commit round runs now, so the queue holds exactly the committed
+        // rows up to `through_seq` that are not in the buffer yet.
+        shared.apply_pending(&mut state);
         if !state.active.is_empty() {
             let mem = std::mem::take(&mut state.active);
             state.frozen.push(Arc::new(Frozen { mem, through_seq }));
@@ -184,6 +188,26 @@ fn seal_one(shared: &Shared, frozen: &Frozen) -> Result<Vec<(PartKey, Arc<Segmen
         ));
     }
     Ok(out)
+}
+
+/// The apply thread: moves committed batches into the active buffer soon
+/// after each commit, off the committer's critical path.
+pub(super) fn apply_loop(shared: &Shared) {
+    loop {
+        {
+            let mut pending = shared.pending.lock();
+            if pending.batches.is_empty() && !shared.shutdown.load(Ordering::Acquire) {
+                shared
+                    .apply_signal
+                    .wait_for(&mut pending, Duration::from_millis(100));
+            }
+        }
+        if shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = shared.state.write();
+        shared.apply_pending(&mut state);
+    }
 }
 
 /// The maintenance thread: retention and compaction, every interval.
@@ -383,7 +407,7 @@ pub(super) fn enforce_retention(shared: &Shared, wal: &StoreWal) -> Result<usize
     // arrived) go through a seal, which skips them and trims their WAL, so
     // they cannot come back after a restart.
     let buffered_expired = {
-        let state = shared.state.read();
+        let state = shared.applied_state();
         std::iter::once(&state.active)
             .chain(state.frozen.iter().map(|f| &f.mem))
             .any(|m| m.all().any(|(t, _, month, _)| expired(t, month)))
