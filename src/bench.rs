@@ -51,8 +51,8 @@ impl Default for StorageBenchConfig {
     fn default() -> Self {
         StorageBenchConfig {
             devices: 16,
-            days: 24.0,
-            writers: 2,
+            days: 28.0,
+            writers: 8,
             dir: None,
             progress: true,
         }

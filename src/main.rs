@@ -101,10 +101,11 @@ enum BenchCommand {
         #[arg(long, default_value_t = 16)]
         devices: usize,
         /// Days of 1 Hz data per meter.
-        #[arg(long, default_value_t = 24.0)]
+        #[arg(long, default_value_t = 28.0)]
         days: f64,
-        /// Threads appending concurrently.
-        #[arg(long, default_value_t = 2)]
+        /// Threads appending concurrently, like many meters' connections:
+        /// group commit shares each fdatasync among them.
+        #[arg(long, default_value_t = 8)]
         writers: usize,
         /// Build the store under this directory instead of a temporary one.
         #[arg(long)]

@@ -2,4 +2,5 @@
 //! stack), one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod storage_kill;

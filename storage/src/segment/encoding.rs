@@ -329,6 +329,26 @@ pub(crate) fn f64_candidates(values: &[f64]) -> Vec<(u8, Vec<u8>)> {
     vec![(F64_SHUFFLE, plain), (F64_XOR, xored)]
 }
 
+/// `n` zigzag varint deltas, summed: the hot loop of reading scaled
+/// decimals and integers. Most deltas of meter data fit in one byte, so that
+/// case skips the general (checked) varint decoder.
+fn decode_delta_varints(r: &mut Reader<'_>, n: usize) -> Decoded<Vec<i64>> {
+    let mut out = Vec::with_capacity(n);
+    let mut k = 0i64;
+    while out.len() < n {
+        let delta = match r.buf.get(r.pos) {
+            Some(&b) if b < 0x80 => {
+                r.pos += 1;
+                u64::from(b)
+            }
+            _ => r.varint()?,
+        };
+        k = k.wrapping_add(unzigzag(delta));
+        out.push(k);
+    }
+    Ok(out)
+}
+
 pub(crate) fn decode_f64(tag: u8, r: &mut Reader<'_>, n: usize) -> Decoded<Vec<f64>> {
     match tag {
         F64_DECIMAL => {
@@ -336,14 +356,23 @@ pub(crate) fn decode_f64(tag: u8, r: &mut Reader<'_>, n: usize) -> Decoded<Vec<f
             let p = *POW10
                 .get(d)
                 .ok_or_else(|| format!("decimal scale {d} > 9"))?;
-            let mut out = Vec::with_capacity(n);
-            let mut k = 0i64;
-            for _ in 0..n {
-                k = k.wrapping_add(unzigzag(r.varint()?));
-                if k.unsigned_abs() >= 1 << 53 {
-                    return Err(format!("scaled integer {k} out of range"));
-                }
-                out.push(k as f64 / p);
+            // Two passes: the prefix sum is sequential, the conversion is
+            // not, so the compiler can vectorise the division.
+            let ks = decode_delta_varints(r, n)?;
+            // The range check rides along branch-free; the rare error then
+            // looks for the culprit.
+            let mut high = 0u64;
+            let out: Vec<f64> = ks
+                .iter()
+                .map(|&k| {
+                    high |= k.unsigned_abs() >> 53;
+                    k as f64 / p
+                })
+                .collect();
+            if high != 0
+                && let Some(k) = ks.iter().find(|k| k.unsigned_abs() >= 1 << 53)
+            {
+                return Err(format!("scaled integer {k} out of range"));
             }
             Ok(out)
         }
@@ -373,13 +402,7 @@ pub(crate) fn encode_i64(values: &[i64], out: &mut Vec<u8>) {
 }
 
 pub(crate) fn decode_i64(r: &mut Reader<'_>, n: usize) -> Decoded<Vec<i64>> {
-    let mut out = Vec::with_capacity(n);
-    let mut prev = 0i64;
-    for _ in 0..n {
-        prev = prev.wrapping_add(unzigzag(r.varint()?));
-        out.push(prev);
-    }
-    Ok(out)
+    decode_delta_varints(r, n)
 }
 
 /// Booleans: packed bits, or run lengths (first value as a byte, then

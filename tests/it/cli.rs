@@ -1,0 +1,192 @@
+//! The real `wattson` binary: import, export, errors and help.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const SEED_CSV: &str = "\
+dt,pa_v,pb_v,pc_v,wd_a,wd_p,rf_a,rf_p,ac01_a,ac01_p,rh01_a,rh01_p,mo_a,mo_p,ac02_a,ac02_p,rh02_a,rh02_p
+2022-07-19 15:24:21,0.0,214.9,0.0,0.38,83.6,0.00,0.0,5.81,2207.8,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0
+2022-07-19 15:24:23,0.0,0.0,0.0,0.38,83.6,0.00,0.0,5.74,2181.2,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0
+2022-07-19 15:24:24,0.0,213.8,0.0,0.38,83.6,0.00,0.0,0.00,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0
+";
+
+fn wattson(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wattson"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("WATTSON_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "wattson failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn seed_csv_imports_and_exports_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let csv = dir.path().join("seed.csv");
+    std::fs::write(&csv, SEED_CSV).unwrap();
+    let out = ok(&wattson(
+        &data,
+        &[
+            "import",
+            csv.to_str().unwrap(),
+            "--table",
+            "power_consumption",
+            "--device",
+            "viconsl",
+        ],
+    ));
+    assert!(out.contains("imported 3 readings"), "{out}");
+
+    let exported = ok(&wattson(
+        &data,
+        &[
+            "export",
+            "--table",
+            "power_consumption",
+            "--format",
+            "csv",
+            "-",
+        ],
+    ));
+    let lines: Vec<&str> = exported.lines().collect();
+    assert_eq!(
+        lines[0],
+        "time,device,pa_v,pb_v,pc_v,wd_a,wd_p,rf_a,rf_p,ac01_a,ac01_p,rh01_a,rh01_p,mo_a,mo_p,ac02_a,ac02_p,rh02_a,rh02_p"
+    );
+    assert_eq!(
+        lines[1],
+        "2022-07-19T15:24:21Z,viconsl,0.0,214.9,0.0,0.38,83.6,0.0,0.0,5.81,2207.8,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0"
+    );
+    assert_eq!(lines.len(), 4);
+
+    // Parquet out, then into a second table, then the same rows come back.
+    let parquet = dir.path().join("out.parquet");
+    ok(&wattson(
+        &data,
+        &[
+            "export",
+            "--table",
+            "power_consumption",
+            "--device",
+            "viconsl",
+            "--start",
+            "2022-07-19T15:24:22Z",
+            "--format",
+            "parquet",
+            parquet.to_str().unwrap(),
+        ],
+    ));
+    let out = ok(&wattson(
+        &data,
+        &["import", parquet.to_str().unwrap(), "--table", "copy"],
+    ));
+    assert!(out.contains("imported 2 readings"), "{out}");
+    let copy = ok(&wattson(
+        &data,
+        &["export", "--table", "copy", "--format", "csv", "-"],
+    ));
+    assert_eq!(copy.lines().skip(1).collect::<Vec<_>>(), lines[2..]);
+}
+
+#[test]
+fn bad_rows_are_reported_by_line_and_skipped_or_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(
+        &csv,
+        "dt,p\n2022-07-19 15:24:21,1.5\nyesterday,2.0\n2022-07-19 15:24:23,3.5\n",
+    )
+    .unwrap();
+    let out = ok(&wattson(
+        &data,
+        &[
+            "import",
+            csv.to_str().unwrap(),
+            "--table",
+            "t",
+            "--device",
+            "m1",
+        ],
+    ));
+    assert!(out.contains("imported 2 readings"), "{out}");
+    assert!(out.contains("skipped 1 bad rows"), "{out}");
+    assert!(out.contains("line 3:"), "{out}");
+
+    let out = wattson(
+        &data,
+        &[
+            "import",
+            csv.to_str().unwrap(),
+            "--table",
+            "t2",
+            "--device",
+            "m1",
+            "--on-error",
+            "reject",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn clear_errors_for_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let csv = dir.path().join("seed.csv");
+    std::fs::write(&csv, SEED_CSV).unwrap();
+    // The seed's shape names no device, so --device is needed.
+    let out = wattson(
+        &data,
+        &[
+            "import",
+            csv.to_str().unwrap(),
+            "--table",
+            "power_consumption",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--device"));
+    let out = wattson(
+        &data,
+        &["export", "--table", "nope", "--format", "csv", "-"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown table `nope`"));
+    let out = wattson(
+        &data,
+        &[
+            "export", "--table", "nope", "--format", "csv", "--start", "soon", "-",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--start `soon`"));
+}
+
+#[test]
+fn help_explains_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [
+        &["--help"][..],
+        &["import", "--help"],
+        &["export", "--help"],
+        &["bench", "storage", "--help"],
+    ] {
+        let out = ok(&wattson(dir.path(), cmd));
+        assert!(out.contains("Usage:"), "{out}");
+    }
+}
