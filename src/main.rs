@@ -241,7 +241,18 @@ fn export_cmd(data_dir: &std::path::Path, args: ExportArgs) -> Result<()> {
     let store = open_store(data_dir)?;
     let scan = store.scan(&req)?;
     let schema = scan.schema();
-    let batches = scan.map(|b| b.map_err(anyhow::Error::from));
+    let progress = ProgressBar::new_spinner();
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {human_pos} rows ({per_sec})")
+    {
+        progress.set_style(style);
+    }
+    let batches = scan.map(|b| {
+        if let Ok(b) = &b {
+            progress.inc(b.num_rows() as u64);
+        }
+        b.map_err(anyhow::Error::from)
+    });
     let rows = if args.file.as_os_str() == "-" {
         let rows = export::export(
             batches,
@@ -256,6 +267,7 @@ fn export_cmd(data_dir: &std::path::Path, args: ExportArgs) -> Result<()> {
             .with_context(|| format!("creating {}", args.file.display()))?;
         export::export(batches, schema, args.format, std::io::BufWriter::new(file))?
     };
+    progress.finish_and_clear();
     store.close()?;
     eprintln!("exported {rows} rows of `{}`", args.table);
     Ok(())
