@@ -31,21 +31,7 @@ pub(crate) type Decoded<T> = std::result::Result<T, String>;
 /// Longest LEB128 encoding of a u64.
 const MAX_VARINT: usize = 10;
 
-pub(crate) fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-pub(crate) fn unzigzag(u: u64) -> i64 {
-    ((u >> 1) as i64) ^ -((u & 1) as i64)
-}
-
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
+pub(crate) use crate::varint::{put_u64 as put_varint, unzigzag, zigzag};
 
 /// A cursor over untrusted bytes. Every read checks the remaining length.
 #[derive(Debug)]

@@ -170,22 +170,8 @@ fn seal_one(shared: &Shared, frozen: &Frozen) -> Result<Vec<(PartKey, Arc<Segmen
             max_seq,
             columns,
         };
-        let dir = shared.partition_dir(table, device, month);
-        create_dir_durably(shared.vfs(), &dir, &shared.dir)?;
-        let path = dir.join(segment_file_name(min_seq, max_seq));
-        write_segment(
-            shared.vfs(),
-            &path,
-            &meta,
-            &times,
-            &arrays,
-            &shared.write_options(),
-        )?;
-        let reader = SegmentReader::open(shared.vfs(), &path)?;
-        out.push((
-            (table.to_owned(), device.to_owned(), month),
-            Arc::new(reader),
-        ));
+        let reader = write_and_open(shared, &meta, &times, &arrays)?;
+        out.push(((table.to_owned(), device.to_owned(), month), reader));
     }
     Ok(out)
 }
@@ -208,6 +194,28 @@ pub(super) fn apply_loop(shared: &Shared) {
         let mut state = shared.state.write();
         shared.apply_pending(&mut state);
     }
+}
+
+/// Writes a partition's segment file durably, named after its sequence
+/// range, and opens it.
+fn write_and_open(
+    shared: &Shared,
+    meta: &SegmentMeta,
+    times: &[i64],
+    arrays: &[ArrayRef],
+) -> Result<Arc<SegmentReader>> {
+    let dir = shared.partition_dir(&meta.table, &meta.device, meta.month);
+    create_dir_durably(shared.vfs(), &dir, &shared.dir)?;
+    let path = dir.join(segment_file_name(meta.min_seq, meta.max_seq));
+    write_segment(
+        shared.vfs(),
+        &path,
+        meta,
+        times,
+        arrays,
+        &shared.write_options(),
+    )?;
+    Ok(Arc::new(SegmentReader::open(shared.vfs(), &path)?))
 }
 
 /// The maintenance thread: retention and compaction, every interval.
@@ -338,17 +346,8 @@ fn compact_run(shared: &Shared, key: &PartKey, run: &[Arc<SegmentReader>]) -> Re
         max_seq,
         columns,
     };
-    let dir = shared.partition_dir(table, device, *month);
-    let path = dir.join(segment_file_name(min_seq, max_seq));
-    write_segment(
-        shared.vfs(),
-        &path,
-        &meta,
-        &times,
-        &arrays,
-        &shared.write_options(),
-    )?;
-    let merged = Arc::new(SegmentReader::open(shared.vfs(), &path)?);
+    let merged = write_and_open(shared, &meta, &times, &arrays)?;
+    let path = merged.path().to_owned();
     let replaced = {
         let mut state = shared.state.write();
         match state.parts.get_mut(key) {
