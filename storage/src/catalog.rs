@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::io::Vfs;
 use crate::memtable::PreparedRow;
 use crate::model::{
-    ChannelType, MAX_STRING_BYTES, Reading, Value, validate_channel_name, validate_device_name,
-    validate_table_name,
+    ChannelType, MAX_CHANNELS, MAX_STRING_BYTES, Reading, Value, validate_channel_name,
+    validate_device_name, validate_table_name, validate_time,
 };
 use crate::varint::{Reader, put_bytes, put_u64};
 
@@ -118,6 +118,7 @@ impl Catalog {
                 new_tables.push(&r.table);
             }
             validate_device_name(&r.device)?;
+            validate_time(&r.table, r.time)?;
             let known = def.map_or(0, |d| d.channels.len());
             for (vi, (name, value)) in r.values.iter().enumerate() {
                 let got = value.channel_type();
@@ -152,6 +153,12 @@ impl Catalog {
                             None => {
                                 validate_channel_name(name)?;
                                 let k = new_channels.iter().filter(|c| c.0 == r.table).count();
+                                if known + k >= MAX_CHANNELS {
+                                    return Err(Error::InvalidInput(format!(
+                                        "table `{}` would have more than {MAX_CHANNELS} channels; `{name}` was rejected",
+                                        r.table
+                                    )));
+                                }
                                 new_channels.push((r.table.clone(), name.to_string(), got));
                                 (known + k, got)
                             }

@@ -125,7 +125,9 @@ impl PartBuf {
         self.times.len()
     }
 
-    fn push(&mut self, time: i64, seq: u64, values: Vec<(usize, Value)>) {
+    /// Appends a row; returns how many channels it left null, whose slots
+    /// cost memory too.
+    fn push(&mut self, time: i64, seq: u64, values: Vec<(usize, Value)>) -> usize {
         let row = self.times.len();
         self.times.push(time);
         self.seqs.push(seq);
@@ -136,11 +138,14 @@ impl PartBuf {
             let col = self.cols[idx].get_or_insert_with(|| ColBuf::new(value.channel_type(), row));
             col.push(value);
         }
+        let mut padded = 0;
         for col in self.cols.iter_mut().flatten() {
             if col.len() == row {
                 col.push_nulls(1);
+                padded += 1;
             }
         }
+        padded
     }
 
     /// Copies the rows with `start <= time < end`, for the given channels.
@@ -245,7 +250,8 @@ impl Memtable {
             .or_default()
             .entry(month)
             .or_default();
-        part.push(row.time, seq, row.values);
+        let padded = part.push(row.time, seq, row.values);
+        self.bytes += 9 * padded;
         self.rows += 1;
     }
 

@@ -10,6 +10,14 @@ use crate::error::{Error, Result};
 pub const MAX_STRING_BYTES: usize = 1024;
 /// Longest table, device or channel name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
+/// Most channels one table may have: every reading's row carries a slot for
+/// each, and segment files index columns with 16 bits.
+pub const MAX_CHANNELS: usize = 4096;
+/// Readings must fall in 1900-01-01T00:00:00Z ..= 2199-12-31T23:59:59.999999999Z:
+/// every month boundary in that range fits in i64 nanoseconds, and no meter
+/// reading is outside it.
+pub const MIN_TIME_NS: i64 = -2_208_988_800_000_000_000;
+pub const MAX_TIME_NS: i64 = 7_258_118_400_000_000_000 - 1;
 /// Column names every table has before its channels.
 pub const TIME_COLUMN: &str = "time";
 pub const DEVICE_COLUMN: &str = "device";
@@ -133,7 +141,7 @@ impl Month {
     pub fn next(self) -> Month {
         if self.month == 12 {
             Month {
-                year: self.year + 1,
+                year: self.year.saturating_add(1),
                 month: 1,
             }
         } else {
@@ -187,6 +195,17 @@ pub fn days_from_civil(year: i32, month: u32, day: u32) -> i64 {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// Checks that a reading's time is in the supported range.
+pub fn validate_time(table: &str, time_ns: i64) -> Result<()> {
+    if (MIN_TIME_NS..=MAX_TIME_NS).contains(&time_ns) {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "table `{table}`: time {time_ns} ns is outside the supported range (years 1900 to 2199)"
+        )))
+    }
 }
 
 /// Table names become SQL identifiers and directory names:
@@ -274,6 +293,13 @@ mod tests {
                 month: 12
             }
         );
+        assert_eq!(Month::of(MIN_TIME_NS).start_ns(), MIN_TIME_NS);
+        assert_eq!(Month::of(MIN_TIME_NS).to_string(), "1900-01");
+        assert_eq!(Month::of(MAX_TIME_NS).end_ns(), MAX_TIME_NS + 1);
+        assert_eq!(Month::of(MAX_TIME_NS).to_string(), "2199-12");
+        assert!(validate_time("t", MAX_TIME_NS + 1).is_err());
+        assert!(validate_time("t", i64::MIN).is_err());
+        assert!(validate_time("t", 0).is_ok());
     }
 
     #[test]

@@ -219,7 +219,10 @@ pub(crate) fn snapshot(
     // Retention drops whole months: an expired month is hidden even before
     // maintenance deletes it, a retained one is read whole.
     let month_ok = |m: &Month| {
-        m.end_ns() > start && m.start_ns() < end && cutoff.is_none_or(|c| m.end_ns() > c)
+        start < end
+            && m.end_ns() > start
+            && m.start_ns() < end
+            && cutoff.is_none_or(|c| m.end_ns() > c)
     };
 
     let mut parts: std::collections::BTreeMap<(String, Month), PartSnap> = Default::default();

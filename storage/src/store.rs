@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,9 @@ pub(crate) const SEGMENT_EXT: &str = "wseg";
 pub struct StoreOptions {
     pub vfs: Arc<dyn Vfs>,
     pub clock: Arc<dyn Clock>,
-    /// Memory for buffered rows (active plus being sealed). Sealing starts at
-    /// half of it; appends wait when all of it is in use.
+    /// Memory for buffered rows (active plus being sealed), as estimated from
+    /// the values they hold. Sealing starts at half of it; appends wait when
+    /// all of it is in use. Batches already admitted may exceed it briefly.
     pub buffer_bytes: usize,
     /// Seal buffered rows at least this often, so restarts replay little WAL.
     pub seal_interval: Duration,
@@ -147,10 +148,14 @@ pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) opts: StoreOptions,
     pub(crate) catalog: Mutex<Catalog>,
+    /// Serialises writers of the catalog file. Lock order: this, then `catalog`.
+    pub(crate) catalog_save: Mutex<()>,
     /// Bumped on every catalog change, so sealing saves it only when needed.
     pub(crate) catalog_version: Mutex<(u64, u64)>,
     pub(crate) state: RwLock<State>,
     pub(crate) pending: Mutex<Pending>,
+    /// `state.active.bytes()`, readable without the state lock.
+    pub(crate) active_bytes: AtomicUsize,
     /// Wakes the apply thread when `pending` fills.
     pub(crate) apply_signal: Condvar,
     /// Woken when buffer space frees up or the store shuts down.
@@ -160,6 +165,8 @@ pub(crate) struct Shared {
     pub(crate) seal_wanted: Mutex<bool>,
     pub(crate) seal_signal: Condvar,
     pub(crate) shutdown: AtomicBool,
+    /// Partition directories whose entries this process has made durable.
+    pub(crate) durable_dirs: Mutex<std::collections::HashSet<PathBuf>>,
     /// One sealer at a time: `flush` may run while the background thread does.
     pub(crate) seal_lock: Mutex<()>,
     pub(crate) compact_lock: Mutex<()>,
@@ -211,7 +218,9 @@ impl Shared {
             pending.bytes
         };
         self.apply_signal.notify_one();
-        if queued + self.state.read().active.bytes() >= self.opts.buffer_bytes / 2 {
+        // An atomic, not the state lock: the committer must not wait behind
+        // a scan or a seal.
+        if queued + self.active_bytes.load(Ordering::Acquire) >= self.opts.buffer_bytes / 2 {
             self.request_seal();
         }
     }
@@ -229,6 +238,8 @@ impl Shared {
                 state.active.insert(seq, row);
             }
         }
+        self.active_bytes
+            .store(state.active.bytes(), Ordering::Release);
     }
 
     /// The state with every committed batch applied, for reading.
@@ -281,15 +292,18 @@ impl Store {
             dir: dir.clone(),
             opts: opts.clone(),
             catalog: Mutex::new(Catalog::default()),
+            catalog_save: Mutex::new(()),
             catalog_version: Mutex::new((0, 0)),
             state: RwLock::new(State::default()),
             pending: Mutex::new(Pending::default()),
+            active_bytes: AtomicUsize::new(0),
             apply_signal: Condvar::new(),
             space: Condvar::new(),
             space_lock: Mutex::new(()),
             seal_wanted: Mutex::new(false),
             seal_signal: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            durable_dirs: Mutex::new(Default::default()),
             seal_lock: Mutex::new(()),
             compact_lock: Mutex::new(()),
             last_error: Mutex::new(None),
@@ -319,6 +333,8 @@ impl Store {
             on_commit,
         )?;
         report.extend(wal_events.into_iter().map(RecoveryEvent::Wal));
+        let replayed = shared.state.read().active.bytes();
+        shared.active_bytes.store(replayed, Ordering::Release);
         for event in &report {
             tracing::warn!(data_dir = %dir.display(), "recovery: {event}");
         }
@@ -373,9 +389,10 @@ impl Store {
     ///   also visible to every scan that starts after this call returns.
     /// - `Err` means none of the batch was acknowledged. Validation errors
     ///   ([`Error::TypeConflict`], [`Error::InvalidInput`],
-    ///   [`Error::BeyondRetention`]) guarantee nothing was written. After an
-    ///   I/O failure ([`Error::WalPoisoned`]) the batch may or may not be on
-    ///   disk and appear after a restart; retrying it is safe because
+    ///   [`Error::BeyondRetention`]) guarantee nothing was written and the
+    ///   schema is unchanged. After an I/O failure ([`Error::WalPoisoned`])
+    ///   the batch may or may not be on disk and appear after a restart (its
+    ///   new channels may already be in the schema); retrying it is safe because
     ///   `(table, device, time)` is a key and the last write wins.
     /// - Concurrent appends share one fdatasync (group commit): the wait is
     ///   at most the commit window plus one fsync when the disk keeps up.
@@ -394,6 +411,18 @@ impl Store {
         }
         self.wait_for_space()?;
         let payload = batch::encode(&readings);
+        // Checked before admission, so a rejected batch leaves the schema
+        // as it was.
+        if payload.len() > wal::MAX_PAYLOAD {
+            return Err(Error::InvalidInput(format!(
+                "a batch of {rows} readings encodes to {} bytes, more than the {}-byte limit of one append; split it",
+                payload.len(),
+                wal::MAX_PAYLOAD
+            )));
+        }
+        if let Some(cause) = self.wal.is_poisoned() {
+            return Err(Error::WalPoisoned { cause });
+        }
         let prepared = {
             let mut catalog = self.shared.catalog.lock();
             self.check_retention(&catalog, &readings)?;
@@ -433,6 +462,10 @@ impl Store {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
+            // A poisoned log can never seal again, so no space will come.
+            if let Some(cause) = self.wal.is_poisoned() {
+                return Err(Error::WalPoisoned { cause });
+            }
             self.shared.request_seal();
             self.shared
                 .space
@@ -441,7 +474,8 @@ impl Store {
     }
 
     /// Starts a scan. The scan sees a consistent snapshot: the rows of every
-    /// append that returned before this call, and none that start after it.
+    /// append that returned before this call, none of an append that starts
+    /// after it returns, and each concurrent append whole or not at all.
     pub fn scan(&self, req: &ScanRequest) -> Result<Scan> {
         let def = self
             .table(&req.table)
@@ -474,6 +508,7 @@ impl Store {
     /// Sets or clears a table's retention period. Takes effect at the next
     /// maintenance round or [`Store::enforce_retention`], and for appends at once.
     pub fn set_retention(&self, table: &str, retention: Option<Duration>) -> Result<()> {
+        let _save = self.shared.catalog_save.lock();
         let mut catalog = self.shared.catalog.lock();
         if catalog.table(table).is_none() {
             return Err(Error::UnknownTable(table.to_owned()));
@@ -650,20 +685,26 @@ fn create_root_durably(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates a directory and makes its entry durable in every new ancestor.
-pub(crate) fn create_dir_durably(vfs: &dyn Vfs, dir: &Path, root: &Path) -> Result<()> {
-    if vfs.is_dir(dir) {
+/// Creates a partition directory and makes its entry durable in every
+/// ancestor up to the data directory. A directory that exists is not proof
+/// that its entry is durable (an earlier attempt may have failed before the
+/// sync, or a killed process left it in the page cache), so each is synced
+/// once per process before a file is placed in it.
+pub(crate) fn create_dir_durably(shared: &Shared, dir: &Path) -> Result<()> {
+    if shared.durable_dirs.lock().contains(dir) {
         return Ok(());
     }
+    let vfs = shared.vfs();
     vfs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut cur = dir;
     while let Some(parent) = cur.parent() {
         vfs.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
-        if parent == root {
+        if parent == shared.dir {
             break;
         }
         cur = parent;
     }
+    shared.durable_dirs.lock().insert(dir.to_owned());
     Ok(())
 }
 

@@ -75,6 +75,7 @@ fn freeze_active(shared: &Shared, wal: &StoreWal) -> Result<()> {
         shared.apply_pending(&mut state);
         if !state.active.is_empty() {
             let mem = std::mem::take(&mut state.active);
+            shared.active_bytes.store(0, Ordering::Release);
             state.frozen.push(Arc::new(Frozen { mem, through_seq }));
         }
     })
@@ -118,6 +119,9 @@ fn seal_frozen(shared: &Shared, wal: &StoreWal) -> Result<()> {
 
 /// Saves the catalog if it changed, so every channel a segment holds is in it.
 fn save_catalog(shared: &Shared) -> Result<()> {
+    // Held from copy to rename, so an older copy never overwrites a newer
+    // file (`set_retention` saves under the same lock).
+    let _save = shared.catalog_save.lock();
     let (snapshot, version) = {
         let catalog = shared.catalog.lock();
         let version = shared.catalog_version.lock().0;
@@ -205,7 +209,7 @@ fn write_and_open(
     arrays: &[ArrayRef],
 ) -> Result<Arc<SegmentReader>> {
     let dir = shared.partition_dir(&meta.table, &meta.device, meta.month);
-    create_dir_durably(shared.vfs(), &dir, &shared.dir)?;
+    create_dir_durably(shared, &dir)?;
     let path = dir.join(segment_file_name(meta.min_seq, meta.max_seq));
     write_segment(
         shared.vfs(),
@@ -253,14 +257,26 @@ pub(super) fn compact_all(shared: &Shared, min_segments: usize) -> Result<usize>
             .collect()
     };
     let mut done = 0;
+    let mut first_error = None;
     for (key, run) in candidates {
         if shared.shutdown.load(Ordering::Acquire) {
             break;
         }
-        compact_run(shared, &key, &run)?;
-        done += 1;
+        // One partition that cannot be compacted (a damaged block, say)
+        // must not starve the others.
+        match compact_run(shared, &key, &run) {
+            Ok(()) => done += 1,
+            Err(e) => {
+                let (table, device, month) = &key;
+                record_error(shared, &format!("compacting {table}/{device}/{month}"), &e);
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(done)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
 }
 
 /// The first run of at least two consecutive segments whose rows together
@@ -438,6 +454,7 @@ pub(super) fn enforce_retention(shared: &Shared, wal: &StoreWal) -> Result<usize
             }
         }
         let _ = vfs.remove_dir(&dir);
+        shared.durable_dirs.lock().remove(&dir);
         if let Some(parent) = dir.parent() {
             vfs.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
         }

@@ -2,7 +2,7 @@
 //! and segment files, isolate what is damaged, finish what an interrupted
 //! compaction left, and replay the WAL into the buffer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,7 +97,16 @@ pub(super) struct Recovered {
 pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) -> Result<Recovered> {
     let vfs = shared.vfs();
     let mut catalog = match Catalog::load(vfs, &shared.dir) {
-        Ok(c) => c.unwrap_or_default(),
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            if shared.vfs().is_dir(&shared.tables_dir()) {
+                report.push(RecoveryEvent::CatalogRebuilt {
+                    reason: "the catalog file is missing".into(),
+                    moved_to: None,
+                });
+            }
+            Catalog::default()
+        }
         Err(e @ Error::Corrupt { .. }) => {
             let path = shared.dir.join(CATALOG_FILE);
             let moved_to = quarantine(shared, &path);
@@ -109,7 +118,8 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
         }
         Err(e) => return Err(e),
     };
-    let mut parts: HashMap<PartKey, Vec<Arc<SegmentReader>>> = HashMap::new();
+    // Ordered, so a rebuilt catalog lists channels in a stable order.
+    let mut parts: BTreeMap<PartKey, Vec<Arc<SegmentReader>>> = BTreeMap::new();
     let tables_dir = shared.tables_dir();
     for table_dir in list_dirs(shared, &tables_dir)? {
         for device_dir in list_dirs(shared, &table_dir)? {
@@ -135,23 +145,17 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
                         continue;
                     }
                     let checked = SegmentReader::open(vfs, &file).and_then(|seg| {
-                        let m = seg.meta();
-                        if m.table == table && m.device == device && m.month == month {
-                            Ok(seg)
-                        } else {
-                            Err(Error::corrupt(
-                                &file,
-                                0,
-                                "segment metadata does not match its directory",
-                            ))
-                        }
+                        check_segment(&seg, &catalog, table, device, month)?;
+                        Ok(seg)
                     });
                     match checked {
                         Ok(seg) => parts
                             .entry((table.to_owned(), device.to_owned(), month))
                             .or_default()
                             .push(Arc::new(seg)),
-                        Err(e) => {
+                        // Only damage is isolated; an I/O error (permissions,
+                        // memory) says nothing about the file and stops the open.
+                        Err(e @ Error::Corrupt { .. }) => {
                             let moved_to = quarantine(shared, &file);
                             report.push(RecoveryEvent::SegmentQuarantined {
                                 file,
@@ -159,6 +163,7 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
                                 moved_to,
                             });
                         }
+                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -171,6 +176,28 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
     let mut state = shared.state.write();
     for (key, mut segs) in parts {
         segs.sort_by_key(|s| (s.meta().min_seq, std::cmp::Reverse(s.meta().max_seq)));
+        // A compacted file replaces its leftover inputs only once every block
+        // of it checks out; a damaged one is isolated and its inputs stay.
+        let covers = |k: &SegmentReader, s: &SegmentReader| {
+            !std::ptr::eq(k, s)
+                && k.meta().min_seq <= s.meta().min_seq
+                && s.meta().max_seq <= k.meta().max_seq
+        };
+        let mut i = 0;
+        while i < segs.len() {
+            let covering = segs.iter().any(|s| covers(&segs[i], s));
+            if covering && let Err(e @ Error::Corrupt { .. }) = segs[i].verify() {
+                let seg = segs.remove(i);
+                let moved_to = quarantine(shared, seg.path());
+                report.push(RecoveryEvent::SegmentQuarantined {
+                    file: seg.path().to_owned(),
+                    reason: e.to_string(),
+                    moved_to,
+                });
+                continue;
+            }
+            i += 1;
+        }
         let mut kept: Vec<Arc<SegmentReader>> = Vec::new();
         for seg in segs {
             let (lo, hi) = (seg.meta().min_seq, seg.meta().max_seq);
@@ -248,6 +275,41 @@ pub(super) fn replay_record(
     shared.catalog_version.lock().0 += 1;
 }
 
+/// A segment must belong where it lies and agree with the catalog's types.
+fn check_segment(
+    seg: &SegmentReader,
+    catalog: &Catalog,
+    table: &str,
+    device: &str,
+    month: Month,
+) -> Result<()> {
+    let m = seg.meta();
+    if m.table != table || m.device != device || m.month != month {
+        return Err(Error::corrupt(
+            seg.path(),
+            0,
+            "segment metadata does not match its directory",
+        ));
+    }
+    if let Some(def) = catalog.table(table) {
+        for (name, ty) in &m.columns {
+            if let Some(i) = def.channel_index(name)
+                && def.channels[i].1 != *ty
+            {
+                return Err(Error::corrupt(
+                    seg.path(),
+                    0,
+                    format!(
+                        "column `{name}` is {ty} but the catalog says {}",
+                        def.channels[i].1
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn list_dirs(shared: &Shared, dir: &Path) -> Result<Vec<PathBuf>> {
     let vfs = shared.vfs();
     if !vfs.is_dir(dir) {
@@ -276,7 +338,12 @@ fn quarantine(shared: &Shared, file: &Path) -> Option<PathBuf> {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("__");
-    let target = qdir.join(name);
+    let mut target = qdir.join(&name);
+    let mut n = 1;
+    while vfs.exists(&target) {
+        target = qdir.join(format!("{name}.{n}"));
+        n += 1;
+    }
     let moved = vfs
         .create_dir_all(&qdir)
         .and_then(|()| vfs.sync_dir(&shared.dir))

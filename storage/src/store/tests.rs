@@ -893,3 +893,52 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn times_outside_the_supported_range_are_rejected_clearly() {
+    let (_fs, store) = mem_store();
+    let err = store.append(vec![f("m1", i64::MAX, 1.0)]).unwrap_err();
+    assert!(
+        err.to_string().contains("outside the supported range"),
+        "{err}"
+    );
+    assert!(
+        store.table("power").is_none(),
+        "a rejected batch must not change the schema"
+    );
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    store.flush().unwrap();
+    assert_eq!(all(&store).len(), 1);
+}
+
+#[test]
+fn an_inverted_time_range_scans_nothing() {
+    let (_fs, store) = mem_store();
+    store
+        .append((0..20).map(|i| f("m1", T0 + i * SEC, 1.0)).collect())
+        .unwrap();
+    store.flush().unwrap();
+    store.append(vec![f("m1", T0 + 30 * SEC, 1.0)]).unwrap();
+    let req = ScanRequest::table("power").range(Some(T0 + 15 * SEC), Some(T0 + 5 * SEC));
+    assert!(rows(&store, &req).is_empty());
+}
+
+#[test]
+fn a_full_buffer_with_a_poisoned_log_fails_instead_of_waiting() {
+    let fs = Arc::new(FaultFs::new());
+    let store = Store::open(
+        DIR,
+        StoreOptions {
+            buffer_bytes: 200,
+            ..test_opts(fs.clone())
+        },
+    )
+    .unwrap();
+    store
+        .append((0..20).map(|i| f("m1", T0 + i * SEC, 1.0)).collect())
+        .unwrap();
+    fs.set_plan(FaultPlan::default().fail_sync_after(0));
+    assert!(store.flush().is_err());
+    let err = store.append(vec![f("m1", T0, 2.0)]).unwrap_err();
+    assert!(matches!(err, Error::WalPoisoned { .. }), "{err}");
+}
