@@ -6,6 +6,46 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     // ---- users and devices (auth) ----
+    /// The user file exists but cannot be trusted as written: bad JSON, an
+    /// unsupported version, a malformed hash or key, duplicate names.
+    #[error(
+        "user file {path} is corrupt: {reason}; restore it from a backup, or move it away and re-create the users"
+    )]
+    UserFileCorrupt { path: PathBuf, reason: String },
+
+    /// The user file is readable or writable by group or others. Refused
+    /// rather than fixed silently: someone may already have copied it.
+    #[error(
+        "user file {path} has mode {mode:03o}, open to group or others; run `chmod 600 {path}` (and consider changing the passwords and device secrets in it)"
+    )]
+    UserFilePermissions { path: PathBuf, mode: u32 },
+
+    /// `add` of a name that a person or a device already has.
+    #[error("the name `{0}` is already taken by a user or device")]
+    NameTaken(String),
+
+    /// `remove` or `passwd` of a name that does not exist.
+    #[error("no user or device named `{0}`")]
+    UnknownName(String),
+
+    /// A person's new password does not meet the policy.
+    #[error("password rejected: {0}")]
+    WeakPassword(String),
+
+    /// Removing this admin would leave no way to manage the server.
+    #[error("`{0}` is the last admin; add another admin before removing it")]
+    LastAdmin(String),
+
+    /// `serve` needs an admin, and no credential exists by default.
+    #[error(
+        "no admin user exists in {path}; create one with `wattson user add <name> --role admin`"
+    )]
+    NoAdmin { path: PathBuf },
+
+    /// The operating system's random number generator failed; no secret or
+    /// salt is made from anything weaker.
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
 
     // ---- payloads ----
 
