@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use wattson::bench::{self, StorageBenchConfig};
 use wattson::export::{self, ExportFormat};
 use wattson::import::{self, DEFAULT_CHUNK_ROWS, ImportOptions, OnError};
+use wattson_ingest::auth::{EntryKind, Role, UserStore};
 use wattson_storage::{ScanRequest, Store, StoreOptions};
 
 /// Wattson: a time-series engine for energy data.
@@ -50,6 +51,50 @@ enum Command {
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Manage people who may log in (dashboard, SQL, Flight, MQTT
+    /// subscribers). No account exists until you add one.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage meters that may publish readings over MQTT.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a person with a role: viewer (dashboard), analyst (viewer plus
+    /// SQL and Flight reads) or admin (everything).
+    Add {
+        name: String,
+        #[arg(long)]
+        role: Role,
+        /// Read the password from the first line of standard input instead
+        /// of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List people and meters (never their secrets).
+    List,
+    /// Remove a person (the last admin cannot be removed).
+    Remove { name: String },
+    /// Set a new password for a person.
+    Passwd {
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Add a meter and print its new random secret once: store it on the
+    /// meter, it cannot be shown again.
+    Add { id: String },
+    /// List meters.
+    List,
+    /// Remove a meter; it can no longer connect.
+    Remove { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +184,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Import(args) => import_cmd(&cli.data_dir, args),
         Command::Export(args) => export_cmd(&cli.data_dir, args),
+        Command::User(cmd) => user_cmd(&cli.data_dir, cmd),
+        Command::Device(cmd) => device_cmd(&cli.data_dir, cmd),
         Command::Bench(BenchCommand::Storage {
             devices,
             days,
@@ -289,4 +336,118 @@ fn bench_storage(cfg: StorageBenchConfig, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// Reads a new password: the first line of stdin, or twice from the
+/// terminal without echo.
+fn read_password(from_stdin: bool) -> Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = rpassword::prompt_password("New password: ")
+        .context("reading the password (use --password-stdin when there is no terminal)")?;
+    let second = rpassword::prompt_password("Repeat it: ")?;
+    if first != second {
+        bail!("the two passwords differ; nothing was changed");
+    }
+    Ok(first)
+}
+
+fn user_cmd(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
+    let users = UserStore::open(data_dir)?;
+    match cmd {
+        UserCommand::Add {
+            name,
+            role,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin)?;
+            users.add_user(&name, role, &password)?;
+            println!("added {role} `{name}`");
+        }
+        UserCommand::List => {
+            let entries = users.list();
+            if entries.is_empty() {
+                println!(
+                    "no users or devices yet; add an admin with `wattson user add NAME --role admin`"
+                );
+            }
+            println!("{:<32} {:<8} {:<8} created", "name", "kind", "role");
+            for e in entries {
+                let created = e
+                    .created
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let kind = match e.kind {
+                    EntryKind::User => "user",
+                    EntryKind::Device => "device",
+                };
+                println!(
+                    "{:<32} {:<8} {:<8} {}",
+                    e.name,
+                    kind,
+                    e.role,
+                    format_unix(created)
+                );
+            }
+        }
+        UserCommand::Remove { name } => {
+            users.remove(&name)?;
+            println!("removed `{name}`");
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin)?;
+            users.set_password(&name, &password)?;
+            println!("password of `{name}` changed");
+        }
+    }
+    Ok(())
+}
+
+fn device_cmd(data_dir: &std::path::Path, cmd: DeviceCommand) -> Result<()> {
+    let users = UserStore::open(data_dir)?;
+    match cmd {
+        DeviceCommand::Add { id } => {
+            let secret = users.add_device(&id)?;
+            eprintln!(
+                "added meter `{id}`; its MQTT username is `{id}` and its password is printed below, once:"
+            );
+            println!("{secret}");
+        }
+        DeviceCommand::List => {
+            for e in users
+                .list()
+                .into_iter()
+                .filter(|e| e.kind == EntryKind::Device)
+            {
+                println!("{}", e.name);
+            }
+        }
+        DeviceCommand::Remove { id } => {
+            users.remove(&id)?;
+            println!("removed meter `{id}`");
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC, without a date library in the binary.
+fn format_unix(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = wattson_storage::model::civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }

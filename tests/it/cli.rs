@@ -190,3 +190,103 @@ fn help_explains_every_command() {
         assert!(out.contains("Usage:"), "{out}");
     }
 }
+
+fn wattson_with_stdin(data_dir: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wattson"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("WATTSON_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn users_and_devices_are_managed_from_the_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = ok(&wattson(&data, &["user", "list"]));
+    assert!(out.contains("no users or devices yet"), "{out}");
+
+    let weak = wattson_with_stdin(
+        &data,
+        &[
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        "short\n",
+    );
+    assert!(!weak.status.success());
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
+
+    let secret_password = "correct horse battery staple";
+    ok(&wattson_with_stdin(
+        &data,
+        &[
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        &format!("{secret_password}\n"),
+    ));
+    let dev = ok(&wattson(&data, &["device", "add", "viconsl"]));
+    let secret = dev.trim();
+    assert_eq!(secret.len(), 64, "a 256-bit secret in hex: {secret}");
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let list = ok(&wattson(&data, &["user", "list"]));
+    assert!(list.contains("alice") && list.contains("admin"), "{list}");
+    assert!(
+        list.contains("viconsl") && list.contains("device"),
+        "{list}"
+    );
+    assert!(
+        !list.contains(secret) && !list.contains(secret_password),
+        "secrets must never be listed"
+    );
+
+    let users_file = data.join("users.json");
+    let mode = std::fs::metadata(&users_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&users_file).unwrap();
+    assert!(
+        !text.contains(secret) && !text.contains(secret_password),
+        "only hashes are stored"
+    );
+
+    // The last admin stays; a meter can go.
+    assert!(
+        !wattson(&data, &["user", "remove", "alice"])
+            .status
+            .success()
+    );
+    ok(&wattson(&data, &["device", "remove", "viconsl"]));
+    assert!(!ok(&wattson(&data, &["device", "list"])).contains("viconsl"));
+    // A person cannot be given the device role.
+    let out = wattson_with_stdin(
+        &data,
+        &["user", "add", "bob", "--role", "device", "--password-stdin"],
+        "long enough password\n",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wattson device add"));
+}
