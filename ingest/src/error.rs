@@ -8,6 +8,9 @@ pub enum Error {
     // ---- users and devices (auth) ----
 
     // ---- payloads ----
+    /// A device's message was refused; nothing of it was stored.
+    #[error(transparent)]
+    Payload(#[from] crate::payload::PayloadError),
 
     // ---- shared ----
     /// A request or setting is malformed.
