@@ -48,6 +48,9 @@ pub enum Error {
     Random(String),
 
     // ---- payloads ----
+    /// A device's message was refused; nothing of it was stored.
+    #[error(transparent)]
+    Payload(#[from] crate::payload::PayloadError),
 
     // ---- shared ----
     /// A request or setting is malformed.
