@@ -123,14 +123,23 @@ struct PartSnap {
 
 #[derive(Debug, Clone, Copy)]
 enum Unit {
-    Block { seg: usize, block: usize },
-    Mem(usize),
+    Block {
+        seg: usize,
+        block: usize,
+    },
+    /// Rows `lo..hi` of the partition's merged buffered rows.
+    Mem {
+        lo: usize,
+        hi: usize,
+    },
 }
 
 /// A partition being read: its snapshot and the clusters of units not yet decoded.
 #[derive(Debug)]
 struct Current {
     part: PartSnap,
+    /// The partition's buffered rows, sorted by time and deduplicated.
+    mem: Option<Rows>,
     clusters: VecDeque<Vec<Unit>>,
 }
 
@@ -297,52 +306,120 @@ impl Scan {
         &self.damaged
     }
 
-    /// Groups a partition's units into clusters of overlapping time ranges,
-    /// after pruning blocks by their statistics.
-    fn plan(&mut self, part: PartSnap) -> Current {
-        let mut units: Vec<(i64, i64, Unit)> = Vec::new();
+    /// Groups a partition's blocks into clusters of overlapping time ranges,
+    /// after pruning them by their statistics, and places the buffered rows:
+    /// rows inside a cluster's range join it, rows between clusters form
+    /// clusters of their own. So a cluster is never larger than its
+    /// overlapping blocks plus the buffered rows in their range, whatever
+    /// the buffered rows span.
+    fn plan(&mut self, part: PartSnap) -> Result<Current> {
+        let mut blocks: Vec<(i64, i64, Unit)> = Vec::new();
         for (si, seg) in part.segments.iter().enumerate() {
             for (bi, b) in seg.blocks().iter().enumerate() {
                 self.metrics.blocks_total += 1;
                 if b.max_time < self.start || b.min_time >= self.end {
                     self.metrics.blocks_pruned += 1;
                 } else {
-                    units.push((b.min_time, b.max_time, Unit::Block { seg: si, block: bi }));
+                    blocks.push((b.min_time, b.max_time, Unit::Block { seg: si, block: bi }));
                 }
             }
         }
-        for (mi, m) in part.mem.iter().enumerate() {
-            let min = m.times.iter().copied().min().unwrap_or(i64::MAX);
-            let max = m.times.iter().copied().max().unwrap_or(i64::MIN);
-            units.push((min, max, Unit::Mem(mi)));
+        blocks.sort_by_key(|u| (u.0, u.1));
+        let mut block_clusters: Vec<(i64, i64, Vec<Unit>)> = Vec::new();
+        for (min, max, unit) in blocks {
+            match block_clusters.last_mut() {
+                Some(c) if min <= c.1 => {
+                    c.1 = c.1.max(max);
+                    c.2.push(unit);
+                }
+                _ => block_clusters.push((min, max, vec![unit])),
+            }
         }
-        units.sort_by_key(|u| (u.0, u.1));
+        let mem = self.merge_buffered(&part)?;
+        let times: &[i64] = mem.as_ref().map_or(&[], |m| &m.times);
         let mut clusters: VecDeque<Vec<Unit>> = VecDeque::new();
-        let mut cluster_max = i64::MIN;
-        for (min, max, unit) in units {
-            match clusters.back_mut() {
-                Some(c) if min <= cluster_max => {
-                    c.push(unit);
-                    cluster_max = cluster_max.max(max);
-                }
-                _ => {
-                    clusters.push_back(vec![unit]);
-                    cluster_max = max;
-                }
+        let gap = |clusters: &mut VecDeque<Vec<Unit>>, lo: usize, hi: usize| {
+            let mut at = lo;
+            while at < hi {
+                let end = hi.min(at + MAX_BATCH_ROWS);
+                clusters.push_back(vec![Unit::Mem { lo: at, hi: end }]);
+                at = end;
             }
+        };
+        let mut next = 0;
+        for (min, max, mut units) in block_clusters {
+            let lo = next + times[next..].partition_point(|t| *t < min);
+            let hi = lo + times[lo..].partition_point(|t| *t <= max);
+            gap(&mut clusters, next, lo);
+            if hi > lo {
+                units.push(Unit::Mem { lo, hi });
+            }
+            clusters.push_back(units);
+            next = hi;
         }
-        Current { part, clusters }
+        gap(&mut clusters, next, times.len());
+        Ok(Current {
+            part,
+            mem,
+            clusters,
+        })
     }
 
-    fn decode_unit(&mut self, part: &PartSnap, unit: Unit, merging: bool) -> Result<Option<Rows>> {
+    /// All buffered rows of a partition (from the active and frozen
+    /// buffers) as one sorted run without duplicate timestamps.
+    fn merge_buffered(&self, part: &PartSnap) -> Result<Option<Rows>> {
+        if part.mem.is_empty() {
+            return Ok(None);
+        }
+        let chunks = part
+            .mem
+            .iter()
+            .map(|m| Rows {
+                n: m.times.len(),
+                times: m.times.clone(),
+                seqs: m.seqs.clone(),
+                cols: m.cols.clone(),
+            })
+            .collect();
+        let rows = self.concat(chunks)?;
+        Ok(Some(match dedup_order(&rows.times, &rows.seqs) {
+            None => rows,
+            Some(order) => Rows {
+                n: order.len(),
+                times: take_values(&rows.times, &order),
+                seqs: take_values(&rows.seqs, &order),
+                cols: rows
+                    .cols
+                    .iter()
+                    .map(|c| c.as_ref().map(|a| take(a, &order)).transpose())
+                    .collect::<Result<_>>()?,
+            },
+        }))
+    }
+
+    fn decode_unit(
+        &mut self,
+        part: &PartSnap,
+        mem: Option<&Rows>,
+        unit: Unit,
+        merging: bool,
+    ) -> Result<Option<Rows>> {
         match unit {
-            Unit::Mem(i) => {
-                let m = &part.mem[i];
+            Unit::Mem { lo, hi } => {
+                let Some(m) = mem else {
+                    return Err(Error::Internal(
+                        "a scan unit names missing buffered rows".into(),
+                    ));
+                };
                 Ok(Some(Rows {
-                    n: m.times.len(),
-                    times: m.times.clone(),
-                    seqs: m.seqs.clone(),
-                    cols: m.cols.clone(),
+                    n: hi - lo,
+                    times: m.times[lo..hi].to_vec(),
+                    seqs: m.seqs[lo..hi].to_vec(),
+                    cols: m
+                        .cols
+                        .iter()
+                        .map(|c| c.as_ref().map(|a| a.slice(lo, hi - lo)))
+                        .collect(),
                 }))
             }
             Unit::Block { seg, block } => {
@@ -402,15 +479,17 @@ impl Scan {
     }
 
     /// Decodes one cluster into batches on `pending`.
-    fn run_cluster(&mut self, part: &PartSnap, cluster: &[Unit]) -> Result<()> {
+    fn run_cluster(&mut self, part: &PartSnap, mem: Option<&Rows>, cluster: &[Unit]) -> Result<()> {
         let mut chunks = Vec::with_capacity(cluster.len());
         let merging = cluster.len() > 1;
         for unit in cluster {
-            if let Some(rows) = self.decode_unit(part, *unit, merging)? {
+            if let Some(rows) = self.decode_unit(part, mem, *unit, merging)? {
                 chunks.push(rows);
             }
         }
-        let needs_merge = chunks.len() > 1 || cluster.iter().any(|u| matches!(u, Unit::Mem(_)));
+        // Each block and the merged buffered rows are sorted and unique on
+        // their own; only several of them together need a merge.
+        let needs_merge = chunks.len() > 1;
         let rows = if chunks.len() == 1 {
             chunks.pop().unwrap_or(Rows {
                 n: 0,
@@ -523,11 +602,14 @@ impl Iterator for Scan {
                 Some(c) => c,
                 None => {
                     let part = self.parts.pop_front()?;
-                    self.plan(part)
+                    match self.plan(part) {
+                        Ok(c) => c,
+                        Err(e) => return Some(Err(e)),
+                    }
                 }
             };
             if let Some(cluster) = current.clusters.pop_front() {
-                let result = self.run_cluster(&current.part, &cluster);
+                let result = self.run_cluster(&current.part, current.mem.as_ref(), &cluster);
                 self.current = Some(current);
                 if let Err(e) = result {
                     return Some(Err(e));

@@ -942,3 +942,31 @@ fn a_full_buffer_with_a_poisoned_log_fails_instead_of_waiting() {
     let err = store.append(vec![f("m1", T0, 2.0)]).unwrap_err();
     assert!(matches!(err, Error::WalPoisoned { .. }), "{err}");
 }
+
+#[test]
+fn buffered_rows_spanning_a_month_do_not_merge_every_block_at_once() {
+    let (_fs, store) = mem_store();
+    // Four sealed blocks of 16 rows, one minute apart.
+    store
+        .append((0..64).map(|i| f("m1", T0 + i * 60 * SEC, 1.0)).collect())
+        .unwrap();
+    store.flush().unwrap();
+    // Buffered rows before, inside (overwriting) and after them.
+    store
+        .append(vec![
+            f("m1", T0 - 86_400 * SEC, 2.0),
+            f("m1", T0 + 20 * 60 * SEC, 3.0),
+            f("m1", T0 + 86_400 * SEC, 4.0),
+        ])
+        .unwrap();
+    let scan = store.scan(&ScanRequest::table("power")).unwrap();
+    let sizes: Vec<usize> = scan.map(|b| b.unwrap().num_rows()).collect();
+    // Before, four blocks (the second merged with its overwrite), after.
+    assert_eq!(sizes, vec![1, 16, 16, 16, 16, 1]);
+    let got = all(&store);
+    assert_eq!(got.len(), 66);
+    assert_eq!(
+        got[21],
+        ("m1".into(), T0 + 20 * 60 * SEC, vec![Some("3.0".into())])
+    );
+}
