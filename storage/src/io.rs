@@ -57,11 +57,14 @@ impl fmt::Debug for Mapped {
 }
 
 /// Proof that this process owns a data directory. Dropping it releases the lock.
-pub struct DirLock(#[allow(dead_code)] Box<dyn Send + Sync>);
+pub struct DirLock {
+    /// Held only for its `Drop`, which releases the lock.
+    _guard: Box<dyn Send + Sync>,
+}
 
 impl DirLock {
     pub fn new(guard: Box<dyn Send + Sync>) -> Self {
-        DirLock(guard)
+        DirLock { _guard: guard }
     }
 }
 
