@@ -14,6 +14,7 @@
 
 pub mod auth;
 mod error;
+pub mod live;
 pub mod payload;
 
 pub use error::{Error, Result};
