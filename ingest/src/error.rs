@@ -53,6 +53,20 @@ pub enum Error {
     Payload(#[from] crate::payload::PayloadError),
 
     // ---- shared ----
+    /// The live broker for people's MQTT clients could not listen (the
+    /// port is taken, or the address is not local).
+    #[error(
+        "cannot listen for live MQTT subscribers on {addr}: {reason}; is another Wattson or MQTT broker using it? choose another address for the live listener"
+    )]
+    LiveListen {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+
+    /// The embedded broker for live subscribers could not be set up.
+    #[error("live MQTT broker failed: {0}")]
+    LiveBroker(String),
+
     /// A request or setting is malformed.
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -16,5 +16,6 @@ pub mod auth;
 mod error;
 pub mod live;
 pub mod payload;
+pub mod router;
 
 pub use error::{Error, Result};
