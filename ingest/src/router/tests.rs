@@ -214,3 +214,142 @@ async fn shutdown_closes_the_port_and_refuses_publishes() {
     let again = LiveBroker::start(settings, f.verifier.clone()).unwrap();
     assert!(again.stats().listening);
 }
+
+/// Polls `events` in a task, counting PUBLISHes; the count is shared.
+fn count_publishes(
+    mut events: EventLoop,
+) -> (
+    Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = Arc::clone(&count);
+    let task = tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Incoming::Publish(_)) = event {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    (count, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_publishes_reach_a_reader_and_a_slow_subscriber_does_not_stall_the_router() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const N: u64 = 5_000;
+    let f = fixture();
+    let port = f.port();
+    let live = f.broker.handle();
+
+    let (fast, mut fast_events) = connect(port, "fast", Some((PERSON, GOOD))).await.unwrap();
+    subscribe(&fast, &mut fast_events, "meters/#").await;
+    // The slow one subscribes, then is not read at all during the flood:
+    // its socket buffers fill, the router hits its outgoing limit for it
+    // and unschedules it.
+    let (slow, mut slow_events) = connect(port, "slow", Some((PERSON, GOOD))).await.unwrap();
+    subscribe(&slow, &mut slow_events, "meters/#").await;
+
+    let (fast_count, fast_task) = count_publishes(fast_events);
+    let payload = [b'x'; 200];
+    let mut accepted = 0;
+    for i in 0..N {
+        if live.publish(&format!("meters/m{}/power", i % 10), &payload) {
+            accepted += 1;
+        }
+    }
+    // Every message is either handed to the router or counted as dropped.
+    timeout(Duration::from_secs(30), async {
+        loop {
+            let s = live.stats();
+            if s.published + s.dropped == N {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let stats = f.broker.stats();
+    assert_eq!(stats.published, accepted);
+    assert!(stats.published > 0);
+
+    // 5,000 x 200 bytes fit in the router's segments: the fast reader
+    // gets every message that was handed to the router.
+    timeout(Duration::from_secs(30), async {
+        while fast_count.load(Relaxed) < stats.published {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "fast got {} of {}",
+            fast_count.load(Relaxed),
+            stats.published
+        )
+    });
+
+    // Now the slow one reads: it gets messages again, and after the flood
+    // the router still delivers a fresh one to both.
+    let (slow_count, slow_task) = count_publishes(slow_events);
+    timeout(Duration::from_secs(30), async {
+        while slow_count.load(Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let before = (fast_count.load(Relaxed), slow_count.load(Relaxed));
+    timeout(Duration::from_secs(30), async {
+        loop {
+            assert!(live.publish("meters/m1/final", b"after"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if fast_count.load(Relaxed) > before.0 && slow_count.load(Relaxed) > before.1 {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no delivery after the flood: {before:?}"));
+    eprintln!(
+        "published {} dropped {} fast {} slow {}",
+        stats.published,
+        stats.dropped,
+        fast_count.load(Relaxed),
+        slow_count.load(Relaxed)
+    );
+    fast_task.abort();
+    slow_task.abort();
+    drop((fast, slow));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(UserStore::open(dir.path()).unwrap());
+    let verifier = Verifier::with_limits(store, 1, 4).unwrap();
+    let settings = RouterSettings {
+        listen: free_addr(),
+        queue_messages: 4,
+        ..RouterSettings::default()
+    };
+    let broker = LiveBroker::start(settings, verifier).unwrap();
+    let live = broker.handle();
+    let payload = [b'y'; 1000];
+    let started = std::time::Instant::now();
+    let accepted = (0..20_000)
+        .filter(|_| live.publish("meters/m1/power", &payload))
+        .count() as u64;
+    // Never blocks: 20,000 calls are a matter of milliseconds.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    timeout(Duration::from_secs(30), async {
+        while live.stats().published < accepted {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let stats = live.stats();
+    assert_eq!(stats.published + stats.dropped, 20_000);
+}
