@@ -8,9 +8,13 @@
 //!   protocol) and topic patterns, decoded into store readings; every
 //!   rejection carries a reason a device can act on.
 //!
-//! Not here yet: the embedded rumqttd broker with durable PUBACKs and
-//! per-device topic ACLs (see the ingest issue); this crate is what it
-//! will build on.
+//! - [`live`]: the seam through which stored readings and device error
+//!   messages reach live subscribers, best effort.
+//! - [`router`]: the embedded rumqttd broker that people's MQTT clients
+//!   (Home Assistant, Node-RED, the dashboard) subscribe to; it accepts
+//!   people only and never feeds the store.
+//!
+//! Not wired into `wattson serve` yet (see the ingest issue).
 
 pub mod auth;
 mod error;
