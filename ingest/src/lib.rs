@@ -15,6 +15,7 @@
 pub mod auth;
 mod error;
 pub mod live;
+pub mod mqtt;
 pub mod payload;
 
 pub use error::{Error, Result};
