@@ -168,8 +168,7 @@ impl MqttServer {
     /// Binds the listener and starts accepting. Must run inside a tokio
     /// runtime.
     pub async fn start(config: MqttConfig, deps: MqttDeps) -> Result<MqttServer> {
-        if config.max_packet_bytes == 0 || config.max_connections == 0 || config.max_inflight == 0
-        {
+        if config.max_packet_bytes == 0 || config.max_connections == 0 || config.max_inflight == 0 {
             return Err(Error::InvalidInput(
                 "mqtt: max_packet_bytes, max_connections and max_inflight must be at least 1"
                     .into(),
@@ -312,7 +311,10 @@ impl Sessions {
             .insert(device.to_owned(), (id, kick.clone()));
         if let Some((_, old_kick)) = old {
             MqttStats::inc(&stats.takeovers);
-            tracing::info!(device, "device connected again; closing its older connection");
+            tracing::info!(
+                device,
+                "device connected again; closing its older connection"
+            );
             // notify_one stores a permit: the old task sees it even if it is
             // not waiting right now.
             old_kick.notify_one();

@@ -109,7 +109,9 @@ impl Conn<'_> {
             return Err(self.protocol("the first packet must be CONNECT"));
         };
         let Some(login) = login.filter(|l| !l.username.is_empty()) else {
-            return self.refuse(ConnectReturnCode::NotAuthorized, "no credentials").await;
+            return self
+                .refuse(ConnectReturnCode::NotAuthorized, "no credentials")
+                .await;
         };
         if connect.client_id != login.username {
             return self
