@@ -152,6 +152,7 @@ struct Shared {
     appender: Appender,
     sessions: Sessions,
     acl_log: LogLimiter,
+    login_log: LogLimiter,
 }
 
 /// The running listener. Dropping it without [`shutdown`](Self::shutdown)
@@ -199,6 +200,7 @@ impl MqttServer {
             appender,
             sessions: Sessions::default(),
             acl_log: LogLimiter::new(Duration::from_secs(60)),
+            login_log: LogLimiter::new(Duration::from_secs(60)),
         });
         let (stop, stop_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));

@@ -163,7 +163,12 @@ impl Conn<'_> {
 
     async fn refuse(&mut self, code: ConnectReturnCode, why: &str) -> Result<Duration, Close> {
         MqttStats::inc(&self.shared.stats.connects_denied);
-        tracing::info!(peer = %self.peer, device = %self.device, ?code, "MQTT login refused: {why}");
+        // Rate-limited per address: a scanner must not flood the log.
+        if self.shared.login_log.allow(&self.peer.ip().to_string()) {
+            tracing::info!(peer = %self.peer, device = %self.device, ?code, "MQTT login refused: {why}");
+        } else {
+            tracing::debug!(peer = %self.peer, device = %self.device, ?code, "MQTT login refused: {why}");
+        }
         let _ = self
             .send(Packet::ConnAck(
                 ConnAck {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arrow_array::{Array, Float64Array};
 use parking_lot::Mutex;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions};
-use rumqttc::{Incoming, QoS};
+use rumqttc::{Incoming, QoS, SubscribeReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wattson_storage::io::{FaultFs, FaultPlan};
 use wattson_storage::{ScanRequest, Store, StoreOptions};
@@ -48,6 +48,10 @@ impl Env {
     }
 
     async fn with_store(dir: tempfile::TempDir, store: Store) -> Env {
+        Env::with_config(dir, store, MqttConfig::default()).await
+    }
+
+    async fn with_config(dir: tempfile::TempDir, store: Store, config: MqttConfig) -> Env {
         let users = Arc::new(
             UserStore::open_with(dir.path(), AuthPolicy::default().cheap_hashing()).unwrap(),
         );
@@ -64,7 +68,7 @@ impl Env {
         };
         let config = MqttConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..MqttConfig::default()
+            ..config
         };
         let server = MqttServer::start(config, deps).await.unwrap();
         Env {
@@ -93,21 +97,25 @@ impl Env {
         self.server.stats().snapshot()
     }
 
-    /// Values of `pa_v` of `device` in table `power`, in time order.
     fn stored(&self, device: &str) -> Vec<f64> {
-        if self.store.table("power").is_none() {
-            return Vec::new();
-        }
-        let req = ScanRequest::table("power").devices([device]);
-        let mut out = Vec::new();
-        for batch in self.store.scan(&req).unwrap() {
-            let batch = batch.unwrap();
-            let col = batch.column_by_name("pa_v").unwrap();
-            let col = col.as_any().downcast_ref::<Float64Array>().unwrap();
-            out.extend((0..col.len()).map(|i| col.value(i)));
-        }
-        out
+        stored(&self.store, device)
     }
+}
+
+/// Values of `pa_v` of `device` in table `power`, in time order.
+fn stored(store: &Store, device: &str) -> Vec<f64> {
+    if store.table("power").is_none() {
+        return Vec::new();
+    }
+    let req = ScanRequest::table("power").devices([device]);
+    let mut out = Vec::new();
+    for batch in store.scan(&req).unwrap() {
+        let batch = batch.unwrap();
+        let col = batch.column_by_name("pa_v").unwrap();
+        let col = col.as_any().downcast_ref::<Float64Array>().unwrap();
+        out.extend((0..col.len()).map(|i| col.value(i)));
+    }
+    out
 }
 
 /// Polls until CONNACK (Ok) or a connection error.
@@ -396,4 +404,138 @@ async fn many_devices_publish_concurrently_and_all_is_stored_once() {
     assert_eq!(s.readings_stored, (DEVICES * EACH) as u64);
     assert_eq!(s.lost_acknowledged, 0);
     env.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_of_a_device_takes_over() {
+    let env = Env::new().await;
+    let secret = env.device("m1");
+    let (_old, mut old_ev) = env.client("m1", Some(("m1", &secret)));
+    connect(&mut old_ev).await.unwrap();
+    let (new, mut new_ev) = env.client("m1", Some(("m1", &secret)));
+    connect(&mut new_ev).await.unwrap();
+    assert_eq!(until_closed(&mut old_ev, WAIT).await, Some(0));
+    publish_n(&new, "meters/m1/power", 1).await;
+    pubacks(&mut new_ev, 1).await;
+    assert_eq!(env.stats().takeovers, 1);
+    env.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_fails_and_qos2_closes() {
+    let env = Env::new().await;
+    let secret = env.device("m1");
+    let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
+    connect(&mut ev).await.unwrap();
+    client
+        .subscribe("meters/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let codes = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Incoming::SubAck(a)) = ev.poll().await.unwrap() {
+                return a.return_codes;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(codes, vec![SubscribeReasonCode::Failure]);
+    client
+        .publish("meters/m1/power", QoS::ExactlyOnce, false, reading(0))
+        .await
+        .unwrap();
+    assert_eq!(until_closed(&mut ev, WAIT).await, Some(0));
+    assert!(env.stored("m1").is_empty());
+    env.server.shutdown().await;
+}
+
+/// A raw CONNECT of device `id` with `keep_alive` seconds.
+fn connect_bytes(id: &str, secret: &str, keep_alive: u16) -> Vec<u8> {
+    use rumqttd::protocol::{Connect, Login, Packet, Protocol, v4::V4};
+    let connect = Connect {
+        keep_alive,
+        client_id: id.into(),
+        clean_session: true,
+    };
+    let login = Login {
+        username: id.into(),
+        password: secret.into(),
+    };
+    let mut out = bytes::BytesMut::new();
+    V4.write(
+        Packet::Connect(connect, None, None, None, Some(login)),
+        &mut out,
+    )
+    .unwrap();
+    out.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_is_enforced_and_pings_answered() {
+    let env = Env::new().await;
+    let secret = env.device("m1");
+    let mut s = tokio::net::TcpStream::connect(env.server.local_addr())
+        .await
+        .unwrap();
+    s.write_all(&connect_bytes("m1", &secret, 1)).await.unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    s.write_all(&[0xC0, 0x00]).await.unwrap();
+    let mut pong = [0u8; 2];
+    s.read_exact(&mut pong).await.unwrap();
+    assert_eq!(pong, [0xD0, 0x00]);
+    // Then silence: closed after 1.5 s, not long after.
+    let started = std::time::Instant::now();
+    let mut sink = [0u8; 8];
+    let read = tokio::time::timeout(WAIT, s.read(&mut sink)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    env.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_inflight_window_still_acknowledges_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("data"), StoreOptions::default()).unwrap();
+    let config = MqttConfig {
+        max_inflight: 2,
+        append_queue: 1,
+        append_threads: 1,
+        ..MqttConfig::default()
+    };
+    let env = Env::with_config(dir, store, config).await;
+    let secret = env.device("m1");
+    let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
+    connect(&mut ev).await.unwrap();
+    let c = client.clone();
+    let publisher = tokio::spawn(async move { publish_n(&c, "meters/m1/power", 40).await });
+    pubacks(&mut ev, 40).await;
+    publisher.await.unwrap();
+    assert_eq!(env.stored("m1").len(), 40);
+    assert_eq!(env.stats().lost_acknowledged, 0);
+    env.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_connections_and_stops_accepting() {
+    let env = Env::new().await;
+    let secret = env.device("m1");
+    let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
+    connect(&mut ev).await.unwrap();
+    publish_n(&client, "meters/m1/power", 5).await;
+    pubacks(&mut ev, 5).await;
+    let addr = env.server.local_addr();
+    let stats = env.server.stats().clone();
+    tokio::time::timeout(WAIT, env.server.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(stats.snapshot().connections_open, 0);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    assert_eq!(stored(&env.store, "m1").len(), 5);
 }
