@@ -255,3 +255,68 @@ fn is_content_error(e: &wattson_storage::Error) -> bool {
         E::TypeConflict { .. } | E::InvalidInput(_) | E::BeyondRetention { .. }
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use wattson_storage::{Reading, Store, Value};
+
+    use super::*;
+    use crate::live::NoLive;
+
+    const T0: i64 = 1_767_225_600_000_000_000;
+
+    fn reading(time: i64, value: Value) -> Reading {
+        Reading {
+            table: "power".into(),
+            device: "m1".into(),
+            time,
+            values: vec![(Arc::from("pa_v"), value)],
+        }
+    }
+
+    fn job(r: Reading) -> (Job, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            device: "m1".into(),
+            topic: "meters/m1/power".into(),
+            payload: Bytes::new(),
+            rows: 1,
+            readings: vec![r],
+            reply: Some(tx),
+        };
+        (job, rx)
+    }
+
+    /// One message with a type conflict in a combined batch is refused
+    /// alone; the others are stored.
+    #[test]
+    fn a_bad_message_does_not_spoil_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_default(dir.path()).unwrap());
+        store.append(vec![reading(T0, Value::F64(1.0))]).unwrap();
+        let stats = Arc::new(MqttStats::default());
+        let worker = Worker {
+            store: store.clone(),
+            live: Arc::new(NoLive),
+            stats: stats.clone(),
+            max_batch: DEFAULT_MAX_BATCH,
+        };
+        let (a, mut ra) = job(reading(T0 + 1, Value::F64(2.0)));
+        let (b, mut rb) = job(reading(T0 + 2, Value::Bool(true)));
+        let (c, mut rc) = job(reading(T0 + 3, Value::F64(3.0)));
+        worker.append(vec![a, b, c]);
+        assert_eq!(ra.try_recv().unwrap(), Outcome::Stored { rows: 1 });
+        assert_eq!(rb.try_recv().unwrap(), Outcome::Rejected);
+        assert_eq!(rc.try_recv().unwrap(), Outcome::Stored { rows: 1 });
+        let s = stats.snapshot();
+        assert_eq!((s.readings_stored, s.payload_rejected), (2, 1));
+        let rows: usize = store
+            .scan(&wattson_storage::ScanRequest::table("power"))
+            .unwrap()
+            .map(|b| b.unwrap().num_rows())
+            .sum();
+        assert_eq!(rows, 3);
+    }
+}

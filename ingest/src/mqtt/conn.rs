@@ -68,7 +68,7 @@ pub(super) async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     // PUBACKs are small and latency matters more than packing.
     let _ = socket.set_nodelay(true);
@@ -82,7 +82,12 @@ pub(super) async fn serve(
         decoder: shared.deps.decoder.clone(),
         last_packet: Instant::now(),
     };
-    let keep_alive = match conn.handshake().await {
+    // A shutdown does not wait for a client that is still logging in.
+    let handshake = tokio::select! {
+        r = conn.handshake() => r,
+        () = super::stopped(&mut stop) => Err(Close::Shutdown),
+    };
+    let keep_alive = match handshake {
         Ok(keep_alive) => keep_alive,
         Err(why) => {
             conn.log_close(&why);
