@@ -251,7 +251,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         tokio::select! {
             () = stopped(&mut stop) => break,
             // Reap finished connection tasks so the set does not grow.
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                note_panic(&shared.stats, done);
+            }
             accepted = listener.accept() => {
                 let (socket, peer) = match accepted {
                     Ok(a) => a,
@@ -280,10 +282,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         }
     }
     drop(listener);
-    while let Some(res) = conns.join_next().await {
-        if let Err(e) = res {
-            tracing::error!("an MQTT connection task failed: {e}");
-        }
+    while let Some(done) = conns.join_next().await {
+        note_panic(&shared.stats, done);
+    }
+}
+
+/// A connection task that panicked is a bug (input must never cause one);
+/// it is counted and logged, and no other connection is affected.
+fn note_panic(stats: &MqttStats, done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        MqttStats::inc(&stats.connection_panics);
+        // The task's `connections_open` decrement did not run.
+        stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+        tracing::error!("an MQTT connection task failed: {e}");
     }
 }
 

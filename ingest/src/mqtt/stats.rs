@@ -28,6 +28,7 @@ pub struct MqttStats {
     pub(super) pubacks_sent: AtomicU64,
     pub(super) live_dropped: AtomicU64,
     pub(super) lost_acknowledged: AtomicU64,
+    pub(super) connection_panics: AtomicU64,
     pub(super) puback_latency: [AtomicU64; PUBACK_BUCKETS_MS.len() + 1],
     pub(super) puback_latency_sum_us: AtomicU64,
 }
@@ -63,6 +64,8 @@ pub struct MqttStatsSnapshot {
     pub live_dropped: u64,
     /// Acknowledged but not stored. Must stay 0; anything else is a bug.
     pub lost_acknowledged: u64,
+    /// Connection tasks that panicked. Must stay 0; anything else is a bug.
+    pub connection_panics: u64,
     /// PUBACK latency histogram: counts per bucket of [`PUBACK_BUCKETS_MS`],
     /// plus the last, unbounded bucket.
     pub puback_latency: Vec<u64>,
@@ -89,6 +92,7 @@ impl MqttStats {
             pubacks_sent: get(&self.pubacks_sent),
             live_dropped: get(&self.live_dropped),
             lost_acknowledged: get(&self.lost_acknowledged),
+            connection_panics: get(&self.connection_panics),
             puback_latency: self.puback_latency.iter().map(get).collect(),
             puback_latency_sum_us: get(&self.puback_latency_sum_us),
         }

@@ -539,3 +539,36 @@ async fn shutdown_closes_connections_and_stops_accepting() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     assert_eq!(stored(&env.store, "m1").len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_after_connect_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let env = Env::new().await;
+    let secret = env.device("m1");
+    let addr = env.server.local_addr();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for round in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&connect_bytes("m1", &secret, 30))
+            .await
+            .unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.unwrap();
+        let len = rng.random_range(1..300);
+        let mut junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        // Half the rounds start with a plausible PUBLISH header.
+        if round % 2 == 0 {
+            junk[0] = 0x30 | (junk[0] & 0x0F);
+        }
+        // The server may close while we write; that is fine.
+        let _ = s.write_all(&junk).await;
+        drop(s);
+    }
+    let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
+    connect(&mut ev).await.unwrap();
+    publish_n(&client, "meters/m1/power", 2).await;
+    pubacks(&mut ev, 2).await;
+    let s = env.stats();
+    assert_eq!((s.connection_panics, s.lost_acknowledged), (0, 0));
+    env.server.shutdown().await;
+}
