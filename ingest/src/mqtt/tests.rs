@@ -572,3 +572,27 @@ async fn random_bytes_after_connect_never_panic() {
     assert_eq!((s.connection_panics, s.lost_acknowledged), (0, 0));
     env.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_is_not_utf8_closes_the_connection() {
+    let env = Env::new().await;
+    let secret = env.device("m1");
+    let mut s = tokio::net::TcpStream::connect(env.server.local_addr())
+        .await
+        .unwrap();
+    s.write_all(&connect_bytes("m1", &secret, 30))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    // QoS 0 PUBLISH, topic = [0xFF], payload "1".
+    s.write_all(&[0x30, 0x04, 0x00, 0x01, 0xFF, b'1'])
+        .await
+        .unwrap();
+    let mut sink = [0u8; 8];
+    let read = tokio::time::timeout(WAIT, s.read(&mut sink)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    assert_eq!(env.stats().protocol_errors, 1);
+    env.server.shutdown().await;
+}
