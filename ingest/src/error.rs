@@ -86,6 +86,14 @@ pub enum Error {
     /// A broken invariant: a bug in wattson-ingest, never caused by input.
     #[error("internal error (a bug in wattson-ingest): {0}")]
     Internal(String),
+
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr}: {source}; is another server using the port?")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Result with the ingest [`Error`].

@@ -19,6 +19,7 @@
 pub mod auth;
 mod error;
 pub mod live;
+pub mod mqtt;
 pub mod payload;
 pub mod router;
 

@@ -1,0 +1,380 @@
+//! The device-facing MQTT 3.1.1 listener, with durable acknowledgement.
+//!
+//! What this module owns: a tokio TCP listener ([`MqttServer`]) that speaks
+//! MQTT 3.1.1 to meters, using rumqttd's public v4 packet codec
+//! (`rumqttd::protocol::v4::V4`) but none of its broker: the stock broker
+//! acknowledges before storing, keeps nothing on disk and has no per-topic
+//! ACLs (see `facts.md`).
+//!
+//! What it promises:
+//! - **A QoS 1 PUBACK means the message is durable**: it is sent only after
+//!   `Store::append` returned Ok for a batch holding all of the message's
+//!   readings (WAL fdatasync'd). PUBACKs go out in the order the PUBLISHes
+//!   arrived (MQTT 3.1.1 §4.6). If the append fails (I/O error, poisoned
+//!   WAL, full disk) the message is not acknowledged and the connection is
+//!   closed; the device resends after reconnecting. `lost_acknowledged` in
+//!   [`MqttStats`] counts violations and must stay 0.
+//! - **A message the device got wrong is acknowledged and dropped**: a
+//!   payload the decoder refuses, or one the store refuses for its content
+//!   (type conflict, retention), is counted, logged (rate-limited per
+//!   device) and explained on `meters/{device}/errors` through the
+//!   [`LivePublisher`]; a QoS 1 message is still PUBACKed, because it was
+//!   received and handled (3.1.1 has no NACK, and a resend would fail the
+//!   same way forever).
+//! - **Authentication**: a CONNECT must carry username and password; the
+//!   client id must equal the username (so one device cannot take over
+//!   another's session); the credentials are checked with
+//!   [`Verifier::verify_async`] (never on the executor, throttled per
+//!   source address) and the role must be `device`: people use the
+//!   separate subscriber listener. Refusals: missing credentials or a
+//!   person's account → NotAuthorized, bad credentials → BadUserNamePassword,
+//!   client id ≠ username → ClientIdentifierNotValid, throttled or busy →
+//!   ServiceUnavailable; then the connection is closed. Passwords are never
+//!   logged.
+//! - **ACL**: a device publishes only where [`TopicMap::authorize`] lets it
+//!   (under `meters/{its id}/`, resolving to itself). Any other PUBLISH
+//!   closes the connection without storing anything (3.1.1 allows
+//!   "acknowledge and drop" or "close"; closing makes a misconfigured
+//!   device visible instead of silently losing its data). Counted in
+//!   `acl_denied`.
+//! - **One connection per device**: a new authenticated connection with the
+//!   same device id takes over; the older one is closed at once, its
+//!   unacknowledged messages are resent by the device (MQTT semantics; a
+//!   meter that rebooted must not be locked out by its own stale session).
+//! - **Limits**: at most `max_packet_bytes` per packet (the read buffer
+//!   never grows beyond one packet), `max_connections` sockets (more are
+//!   closed at accept), CONNECT within `connect_timeout`, keep-alive
+//!   enforced (closed after 1.5 × keep_alive without a packet; 0 = none),
+//!   at most `max_inflight` unacknowledged QoS 1 messages per connection
+//!   (beyond it the socket is not read: backpressure). When the appender
+//!   queue is full, connections wait as well: slower PUBACKs, never loss.
+//! - Malformed input (bad remaining length, oversized packet, non-UTF-8
+//!   topic, wildcards in a topic, a packet before CONNECT, a second CONNECT,
+//!   QoS 2) closes that connection only. Nothing here panics on input.
+//!
+//! Protocol choices: QoS 2 is refused by closing the connection (meters use
+//! QoS 0 or 1; exactly-once would need per-session state). Sessions are not
+//! kept: CONNACK always says session_present = false, whatever
+//! clean_session asked. Last wills are ignored. A device SUBSCRIBE gets a
+//! SUBACK with Failure for every filter; UNSUBSCRIBE an UNSUBACK. QoS 0
+//! messages go the same way to the store, best effort: nobody is told if
+//! their append fails (counted in `append_failures`).
+//!
+//! Not here: the broker for human subscribers (rumqttd's router, elsewhere
+//! in this crate), TLS (terminate it in front, or a later `tls` option),
+//! MQTT 5.
+
+mod appender;
+mod conn;
+mod stats;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use wattson_storage::Store;
+use wattson_storage::clock::Clock;
+
+use crate::auth::Verifier;
+use crate::live::LivePublisher;
+use crate::payload::{Decoder, IngestCounters, TopicMap};
+use crate::{Error, Result};
+use appender::Appender;
+pub use stats::{MqttStats, MqttStatsSnapshot, PUBACK_BUCKETS_MS};
+
+/// Settings of the device listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    /// Where to listen; port 0 picks a free port (see
+    /// [`MqttServer::local_addr`]).
+    pub listen: SocketAddr,
+    /// Largest packet (its remaining length) accepted; larger ones close the
+    /// connection before being read.
+    pub max_packet_bytes: usize,
+    /// Most open sockets; more are closed right after accept.
+    pub max_connections: usize,
+    /// Time a new socket has to send its CONNECT (and to take a PUBACK
+    /// write, so a client that stops reading cannot pin a task forever).
+    pub connect_timeout: Duration,
+    /// Most unacknowledged QoS 1 messages per connection; beyond it the
+    /// socket is not read until PUBACKs go out.
+    pub max_inflight: usize,
+    /// Threads calling `Store::append` (2-4 is plenty: each batch waits on
+    /// one shared fsync).
+    pub append_threads: usize,
+    /// Messages queued for the appender threads, across all connections.
+    pub append_queue: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_packet_bytes: 256 * 1024,
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(10),
+            max_inflight: 100,
+            append_threads: 2,
+            append_queue: 4096,
+        }
+    }
+}
+
+/// What the listener works with.
+#[derive(Debug, Clone)]
+pub struct MqttDeps {
+    pub store: Arc<Store>,
+    pub verifier: Verifier,
+    pub topics: Arc<TopicMap>,
+    /// Cloned per connection (each clone has its own name cache).
+    pub decoder: Decoder,
+    pub counters: Arc<IngestCounters>,
+    pub live: Arc<dyn LivePublisher>,
+    /// The server's receive time for readings without a timestamp.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// State shared by the accept loop and every connection.
+#[derive(Debug)]
+struct Shared {
+    config: MqttConfig,
+    deps: MqttDeps,
+    stats: Arc<MqttStats>,
+    appender: Appender,
+    sessions: Sessions,
+    acl_log: LogLimiter,
+    login_log: LogLimiter,
+}
+
+/// The running listener. Dropping it without [`shutdown`](Self::shutdown)
+/// stops accepting but does not wait for in-flight appends.
+#[derive(Debug)]
+pub struct MqttServer {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl MqttServer {
+    /// Binds the listener and starts accepting. Must run inside a tokio
+    /// runtime.
+    pub async fn start(config: MqttConfig, deps: MqttDeps) -> Result<MqttServer> {
+        if config.max_packet_bytes == 0 || config.max_connections == 0 || config.max_inflight == 0 {
+            return Err(Error::InvalidInput(
+                "mqtt: max_packet_bytes, max_connections and max_inflight must be at least 1"
+                    .into(),
+            ));
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let stats = Arc::new(MqttStats::default());
+        let appender = Appender::start(
+            deps.store.clone(),
+            deps.live.clone(),
+            stats.clone(),
+            config.append_threads,
+            config.append_queue,
+        )?;
+        let shared = Arc::new(Shared {
+            config,
+            deps,
+            stats,
+            appender,
+            sessions: Sessions::default(),
+            acl_log: LogLimiter::new(Duration::from_secs(60)),
+            login_log: LogLimiter::new(Duration::from_secs(60)),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        tracing::info!(%local_addr, "MQTT device listener started");
+        Ok(MqttServer {
+            local_addr,
+            shared,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The listener's counters.
+    pub fn stats(&self) -> &Arc<MqttStats> {
+        &self.shared.stats
+    }
+
+    /// Stops accepting, lets every connection finish its in-flight appends
+    /// and send their PUBACKs (no new packets are read), closes the
+    /// connections, then stops the appender threads.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(accept) = self.accept.take()
+            && accept.await.is_err()
+        {
+            tracing::error!("the MQTT accept loop panicked");
+        }
+        let shared = self.shared.clone();
+        if tokio::task::spawn_blocking(move || shared.appender.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!("stopping the MQTT appender panicked");
+        }
+        tracing::info!("MQTT device listener stopped");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => break,
+            // Reap finished connection tasks so the set does not grow.
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                note_panic(&shared.stats, done);
+            }
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        tracing::warn!("MQTT accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    MqttStats::inc(&shared.stats.connections_refused_limit);
+                    tracing::debug!(%peer, "MQTT connection limit reached; closing");
+                    drop(socket);
+                    continue;
+                };
+                let shared = shared.clone();
+                let stop = stop.clone();
+                conns.spawn(async move {
+                    MqttStats::inc(&shared.stats.connections_open);
+                    conn::serve(socket, peer, &shared, stop).await;
+                    shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(listener);
+    while let Some(done) = conns.join_next().await {
+        note_panic(&shared.stats, done);
+    }
+}
+
+/// A connection task that panicked is a bug (input must never cause one);
+/// it is counted and logged, and no other connection is affected.
+fn note_panic(stats: &MqttStats, done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        MqttStats::inc(&stats.connection_panics);
+        // The task's `connections_open` decrement did not run.
+        stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+        tracing::error!("an MQTT connection task failed: {e}");
+    }
+}
+
+/// Resolves once shutdown is asked for (or the server handle is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped at once: it is not `Send`.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Which connection currently holds each device id, so a newer connection
+/// can close an older one.
+#[derive(Debug, Default)]
+struct Sessions {
+    next_id: AtomicU64,
+    by_device: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+}
+
+impl Sessions {
+    /// Registers a connection for `device`, closing the previous holder.
+    /// Returns the connection's id and what wakes it when taken over.
+    fn take_over(&self, device: &str, stats: &MqttStats) -> (u64, Arc<Notify>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let kick = Arc::new(Notify::new());
+        let old = self
+            .by_device
+            .lock()
+            .insert(device.to_owned(), (id, kick.clone()));
+        if let Some((_, old_kick)) = old {
+            MqttStats::inc(&stats.takeovers);
+            tracing::info!(
+                device,
+                "device connected again; closing its older connection"
+            );
+            // notify_one stores a permit: the old task sees it even if it is
+            // not waiting right now.
+            old_kick.notify_one();
+        }
+        (id, kick)
+    }
+
+    /// Forgets `device` if connection `id` still holds it.
+    fn release(&self, device: &str, id: u64) {
+        let mut map = self.by_device.lock();
+        if map.get(device).is_some_and(|(held, _)| *held == id) {
+            map.remove(device);
+        }
+    }
+}
+
+/// Logs at warn at most once per `every` per key (debug in between), so one
+/// misconfigured device cannot flood the log.
+#[derive(Debug)]
+struct LogLimiter {
+    every: Duration,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl LogLimiter {
+    fn new(every: Duration) -> Self {
+        LogLimiter {
+            every,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// True when `key` should be logged loudly now.
+    fn allow(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut last = self.last.lock();
+        if last.len() > 10_000 {
+            // Bounded memory against id spraying; forgetting only makes
+            // the next messages loud again.
+            last.clear();
+        }
+        match last.get(key) {
+            Some(t) if now.duration_since(*t) < self.every => false,
+            _ => {
+                last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}
