@@ -10,6 +10,9 @@
 //!
 //! - [`live`]: the seam through which stored readings and device error
 //!   messages reach live subscribers, best effort.
+//! - [`mqtt`]: the device-facing MQTT 3.1.1 listener: authenticated meters
+//!   publish only under `meters/{id}/`, and a QoS 1 PUBACK is sent only
+//!   after the reading is in the fsync'd write-ahead log.
 //! - [`router`]: the embedded rumqttd broker that people's MQTT clients
 //!   (Home Assistant, Node-RED, the dashboard) subscribe to; it accepts
 //!   people only and never feeds the store.
