@@ -5,6 +5,7 @@
 //! integration tests share one implementation:
 //!
 //! - [`bench`] runs `wattson bench storage`.
+//! - [`serve`] runs `wattson serve` and holds its configuration.
 //! - [`simdata`] generates realistic meter readings in the seed system's
 //!   shape, for `wattson simulate`, `wattson bench` and tests.
 //! - [`import`] turns CSV and Parquet files into [`Reading`]s in bounded
@@ -17,4 +18,5 @@
 pub mod bench;
 pub mod export;
 pub mod import;
+pub mod serve;
 pub mod simdata;

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use wattson::bench::{self, StorageBenchConfig};
 use wattson::export::{self, ExportFormat};
 use wattson::import::{self, DEFAULT_CHUNK_ROWS, ImportOptions, OnError};
+use wattson::serve;
 use wattson_ingest::auth::{EntryKind, Role, UserStore};
 use wattson_storage::{ScanRequest, Store, StoreOptions};
 
@@ -39,6 +40,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: meters publish over MQTT, people subscribe to live
+    /// readings. Needs an admin account (`wattson user add NAME --role
+    /// admin`). Stops cleanly on SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Show the configuration.
+    Config {
+        /// Print every setting with its default and an explanation.
+        #[arg(long)]
+        print_default: bool,
+    },
     /// Import readings from a CSV or Parquet file.
     ///
     /// CSV comes in the seed system's shape (`dt` then channels, one device
@@ -95,6 +106,19 @@ enum DeviceCommand {
     List,
     /// Remove a meter; it can no longer connect.
     Remove { id: String },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration file; `./wattson.toml` is used when it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where meters connect, overriding mqtt.listen (for example 127.0.0.1:0).
+    #[arg(long)]
+    mqtt_listen: Option<std::net::SocketAddr>,
+    /// Where people subscribe, overriding subscribers.listen.
+    #[arg(long)]
+    subscribers_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +197,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
@@ -184,6 +210,23 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Import(args) => import_cmd(&cli.data_dir, args),
         Command::Export(args) => export_cmd(&cli.data_dir, args),
+        Command::Serve(args) => {
+            let mut config = serve::Config::load(args.config.as_deref())?;
+            if let Some(addr) = args.mqtt_listen {
+                config.mqtt.listen = addr;
+            }
+            if let Some(addr) = args.subscribers_listen {
+                config.subscribers.listen = addr;
+            }
+            serve::run(&cli.data_dir, config)
+        }
+        Command::Config { print_default } => {
+            if !print_default {
+                bail!("say what to show: `wattson config --print-default`");
+            }
+            print!("{}", serve::DEFAULT_CONFIG);
+            Ok(())
+        }
         Command::User(cmd) => user_cmd(&cli.data_dir, cmd),
         Command::Device(cmd) => device_cmd(&cli.data_dir, cmd),
         Command::Bench(BenchCommand::Storage {

@@ -1,0 +1,292 @@
+//! `wattson serve`: the store, the device-facing MQTT listener and the
+//! subscriber broker in one process, configured by embedded defaults and an
+//! optional `wattson.toml`, shut down gracefully on SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use wattson_ingest::auth::{UserStore, Verifier};
+use wattson_ingest::live::LivePublisher;
+use wattson_ingest::mqtt::{MqttConfig, MqttDeps, MqttServer};
+use wattson_ingest::payload::{DecodeOptions, Decoder, IngestCounters, TopicMap, TopicPattern};
+use wattson_ingest::router::{LiveBroker, RouterSettings};
+use wattson_storage::clock::SystemClock;
+use wattson_storage::{Store, StoreOptions};
+
+/// Every setting with its default, as `wattson config --print-default`
+/// prints it. A test checks that it parses to [`Config::default`].
+pub const DEFAULT_CONFIG: &str = r#"# Wattson configuration. Every key is optional; these are the defaults.
+# The data directory is chosen with --data-dir (default ./wattson-data).
+
+[storage]
+# Memory for buffered readings before they are sealed into column files (MiB).
+buffer_mib = 256
+# How long concurrent appends wait to share one fdatasync (milliseconds, at most 10).
+group_commit_ms = 2
+# Seal buffered readings at least this often (seconds), so restarts replay little.
+seal_interval_s = 600
+
+[mqtt]
+# Where meters connect (MQTT 3.1.1). Only device accounts may log in here.
+listen = "0.0.0.0:1883"
+# Largest MQTT packet accepted (KiB); larger ones close the connection.
+max_packet_kib = 256
+max_connections = 10000
+# Seconds a new connection has to send CONNECT.
+connect_timeout_s = 10
+# Unacknowledged QoS 1 messages per connection before Wattson stops reading it.
+max_inflight = 100
+
+[subscribers]
+# Where people's MQTT clients (Home Assistant, Node-RED) subscribe to live
+# readings. Only viewer, analyst and admin accounts may log in here.
+listen = "0.0.0.0:1884"
+
+[ingest]
+# Readings dated further than this into the future are rejected (seconds).
+max_clock_skew_s = 86400
+
+# Topic patterns, first match wins. {device} and {table} each match one topic
+# level. A fixed `table`, and a `channel` for bare-number payloads, map
+# devices with fixed topics. Meters may publish only under meters/{their id}/.
+[[ingest.topics]]
+pattern = "meters/{device}/{table}"
+"#;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub storage: StorageSection,
+    pub mqtt: MqttSection,
+    pub subscribers: SubscribersSection,
+    pub ingest: IngestSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    pub buffer_mib: usize,
+    pub group_commit_ms: u64,
+    pub seal_interval_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSection {
+    pub listen: SocketAddr,
+    pub max_packet_kib: usize,
+    pub max_connections: usize,
+    pub connect_timeout_s: u64,
+    pub max_inflight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscribersSection {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSection {
+    pub max_clock_skew_s: u64,
+    pub topics: Vec<TopicPattern>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            storage: StorageSection {
+                buffer_mib: 256,
+                group_commit_ms: 2,
+                seal_interval_s: 600,
+            },
+            mqtt: MqttSection {
+                listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+                max_packet_kib: 256,
+                max_connections: 10_000,
+                connect_timeout_s: 10,
+                max_inflight: 100,
+            },
+            subscribers: SubscribersSection {
+                listen: SocketAddr::from(([0, 0, 0, 0], 1884)),
+            },
+            ingest: IngestSection {
+                max_clock_skew_s: 86_400,
+                topics: vec![TopicPattern::new(wattson_ingest::payload::DEFAULT_PATTERN)],
+            },
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Config::default().storage
+    }
+}
+impl Default for MqttSection {
+    fn default() -> Self {
+        Config::default().mqtt
+    }
+}
+impl Default for SubscribersSection {
+    fn default() -> Self {
+        Config::default().subscribers
+    }
+}
+impl Default for IngestSection {
+    fn default() -> Self {
+        Config::default().ingest
+    }
+}
+
+impl Config {
+    /// Reads `path`, or `./wattson.toml` when no path is given and it exists,
+    /// or the embedded defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let implicit = Path::new("wattson.toml");
+        let path = match path {
+            Some(p) => p,
+            None if implicit.exists() => implicit,
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the configuration {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("in the configuration {}", path.display()))?;
+        tracing::info!(config = %path.display(), "configuration loaded");
+        Ok(config)
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(data_dir: &Path, config: Config) -> Result<()> {
+    if config.storage.group_commit_ms > 10 {
+        bail!(
+            "storage.group_commit_ms is {}; at most 10 is allowed",
+            config.storage.group_commit_ms
+        );
+    }
+    let users = Arc::new(
+        UserStore::open(data_dir)
+            .with_context(|| format!("opening the user store in {}", data_dir.display()))?,
+    );
+    users.require_admin()?;
+    let store = Arc::new(
+        Store::open(
+            data_dir,
+            StoreOptions {
+                buffer_bytes: config.storage.buffer_mib << 20,
+                group_commit_window: Duration::from_millis(config.storage.group_commit_ms),
+                seal_interval: Duration::from_secs(config.storage.seal_interval_s),
+                ..StoreOptions::default()
+            },
+        )
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))?,
+    );
+    for event in store.recovery_report() {
+        tracing::warn!("recovery: {event}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wattson-io")
+        .build()
+        .context("starting the async runtime")?;
+    let served = runtime.block_on(serve(store.clone(), users, config));
+    // Whatever happened, seal what is buffered; acknowledged readings are
+    // in the WAL either way.
+    let closed = store.close();
+    served?;
+    closed.context("closing the store")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn serve(store: Arc<Store>, users: Arc<UserStore>, config: Config) -> Result<()> {
+    let verifier = Verifier::new(users).context("starting the password verifier")?;
+    let mut broker = LiveBroker::start(
+        RouterSettings {
+            listen: config.subscribers.listen,
+            ..RouterSettings::default()
+        },
+        verifier.clone(),
+    )
+    .context("starting the subscriber broker")?;
+    tracing::info!(listen = %broker.listen_addr(), "subscribers listening");
+    let topics = TopicMap::new(&config.ingest.topics).context("in [[ingest.topics]]")?;
+    let live: Arc<dyn LivePublisher> = Arc::new(broker.handle());
+    let mqtt = MqttServer::start(
+        MqttConfig {
+            listen: config.mqtt.listen,
+            max_packet_bytes: config.mqtt.max_packet_kib << 10,
+            max_connections: config.mqtt.max_connections,
+            connect_timeout: Duration::from_secs(config.mqtt.connect_timeout_s),
+            max_inflight: config.mqtt.max_inflight,
+            ..MqttConfig::default()
+        },
+        MqttDeps {
+            store,
+            verifier,
+            topics: Arc::new(topics),
+            decoder: Decoder::new(DecodeOptions {
+                max_clock_skew: Duration::from_secs(config.ingest.max_clock_skew_s),
+                ..DecodeOptions::default()
+            }),
+            counters: Arc::new(IngestCounters::new()),
+            live,
+            clock: Arc::new(SystemClock),
+        },
+    )
+    .await
+    .context("starting the MQTT listener")?;
+    tracing::info!(listen = %mqtt.local_addr(), "meters listening (MQTT)");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections, finishing acknowledged work");
+    let stats = mqtt.stats().clone();
+    mqtt.shutdown().await;
+    broker.shutdown();
+    let s = stats.snapshot();
+    tracing::info!(
+        readings_stored = s.readings_stored,
+        pubacks_sent = s.pubacks_sent,
+        lost_acknowledged = s.lost_acknowledged,
+        "MQTT listener stopped"
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_defaults_are_the_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_CONFIG).unwrap();
+        assert_eq!(parsed, Config::default());
+        let empty: Config = toml::from_str("").unwrap();
+        assert_eq!(empty, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<Config>("[mqtt]\nlisten_port = 1\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+}

@@ -1,0 +1,193 @@
+//! The real `wattson serve` with a real MQTT client over TCP: durable
+//! acknowledgement, graceful shutdown on SIGTERM, and refusal to start
+//! without an admin.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+
+fn wattson(data: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wattson"));
+    cmd.arg("--data-dir").arg(data).env("WATTSON_LOG", "info");
+    cmd
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn setup(data: &Path) -> String {
+    let mut add = wattson(data)
+        .args([
+            "user",
+            "add",
+            "admin",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long admin password\n")
+        .unwrap();
+    assert!(add.wait().unwrap().success());
+    let out = wattson(data)
+        .args(["device", "add", "m1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Starts the server and returns it with the port meters connect to.
+fn start(data: &Path) -> (Child, u16) {
+    let subscribers = format!("127.0.0.1:{}", free_port());
+    let mut child = wattson(data)
+        .args([
+            "serve",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--subscribers-listen",
+            &subscribers,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if line.contains("meters listening")
+            && let Some(addr) = line.split("listen=").nth(1)
+        {
+            break addr
+                .trim()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, port)
+}
+
+#[test]
+fn readings_acknowledged_over_mqtt_survive_a_graceful_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = setup(&data);
+    let (mut server, port) = start(&data);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let acked = rt.block_on(async {
+        let mut opts = MqttOptions::new("m1", "127.0.0.1", port);
+        opts.set_credentials("m1", secret.as_str());
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, mut ev) = AsyncClient::new(opts, 100);
+        for i in 0..20 {
+            let payload = format!(
+                r#"{{"ts":{},"pa_v":{}.5}}"#,
+                1_658_244_261_000i64 + i * 1000,
+                200 + i
+            );
+            client
+                .publish("meters/m1/power", QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        let mut acked = 0;
+        while acked < 20 {
+            match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+                Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("connection failed after {acked} PUBACKs: {e}"),
+                Err(_) => panic!("timed out after {acked} PUBACKs"),
+            }
+        }
+        acked
+    });
+    assert_eq!(acked, 20);
+
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.wait().unwrap();
+    assert!(
+        status.success(),
+        "serve must exit 0 after SIGTERM: {status}"
+    );
+
+    let out = wattson(&data)
+        .args(["export", "--table", "power", "--format", "csv", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 20, "{csv}");
+    assert_eq!(rows[0], "2022-07-19T15:24:21Z,m1,200.5");
+    assert_eq!(rows[19], "2022-07-19T15:24:40Z,m1,219.5");
+}
+
+#[test]
+fn serve_refuses_to_start_without_an_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wattson(&dir.path().join("data"))
+        .args(["serve", "--mqtt-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wattson user add"), "{err}");
+}
+
+#[test]
+fn config_print_default_shows_every_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wattson(dir.path())
+        .args(["config", "--print-default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for section in [
+        "[storage]",
+        "[mqtt]",
+        "[subscribers]",
+        "[ingest]",
+        "[[ingest.topics]]",
+    ] {
+        assert!(text.contains(section), "{section} missing");
+    }
+}
