@@ -191,3 +191,111 @@ fn config_print_default_shows_every_section() {
         assert!(text.contains(section), "{section} missing");
     }
 }
+
+/// SIGKILLs the server at random moments while a meter publishes QoS 1
+/// readings as fast as it can; after each kill every reading that got a
+/// PUBACK must be stored exactly once.
+#[test]
+fn sigkill_of_the_server_never_loses_an_acknowledged_reading() {
+    use rand::{Rng, SeedableRng};
+    const ROUNDS: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = setup(&data);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut acked_per_round = Vec::new();
+    for round in 0..ROUNDS {
+        let (mut server, port) = start(&data);
+        let pid = server.id();
+        let kill_after = Duration::from_millis(rng.random_range(50..400));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(kill_after);
+            Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .unwrap();
+        });
+        let secret = secret.clone();
+        let (acked, sent) = rt.block_on(async move {
+            let mut opts = MqttOptions::new("m1", "127.0.0.1", port);
+            opts.set_credentials("m1", secret.as_str());
+            opts.set_keep_alive(Duration::from_secs(30));
+            let (client, mut ev) = AsyncClient::new(opts, 100);
+            let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let publisher = {
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    for i in 0..1_000_000u64 {
+                        let value = round * 1_000_000 + i;
+                        let payload = format!(
+                            r#"{{"ts":{},"pa_v":{value}}}"#,
+                            1_658_244_261_000u64 + value
+                        );
+                        if client
+                            .publish("meters/m1/power", QoS::AtLeastOnce, false, payload)
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        sent.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                })
+            };
+            // PUBACKs come in publish order, so the count is the acknowledged prefix.
+            let mut acked = 0u64;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+                    Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => acked += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+            publisher.abort();
+            (acked, sent.load(std::sync::atomic::Ordering::SeqCst))
+        });
+        killer.join().unwrap();
+        server.wait().unwrap();
+        acked_per_round.push((acked, sent));
+
+        let out = wattson(&data)
+            .args(["export", "--table", "power", "--format", "csv", "-"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut counts = std::collections::BTreeMap::<u64, usize>::new();
+        for line in String::from_utf8(out.stdout).unwrap().lines().skip(1) {
+            let value: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
+            *counts.entry(value as u64).or_default() += 1;
+        }
+        for (r, (acked, sent)) in acked_per_round.iter().enumerate() {
+            let base = r as u64 * 1_000_000;
+            for i in 0..*acked {
+                assert_eq!(
+                    counts.get(&(base + i)),
+                    Some(&1),
+                    "round {r}: acknowledged reading {i} is not stored exactly once"
+                );
+            }
+            let beyond = counts.range(base + sent + 1..base + 1_000_000).count();
+            assert_eq!(
+                beyond, 0,
+                "round {r}: readings that were never sent are stored"
+            );
+        }
+    }
+    let total: u64 = acked_per_round.iter().map(|a| a.0).sum();
+    eprintln!("{ROUNDS} server kills, {total} acknowledged readings checked");
+    assert!(
+        total > ROUNDS,
+        "the meter got almost nothing acknowledged; the test proves little"
+    );
+}
