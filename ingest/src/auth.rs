@@ -31,8 +31,11 @@
 //!   same time as a wrong password for a person. (Device ids are not secret:
 //!   they are in topic and table names, so a fast failure for a known device
 //!   reveals nothing new.)
-//! - Source addresses are throttled *before* any hashing, and an account is
-//!   locked for a while after 100 consecutive failures (see [`AuthPolicy`]).
+//! - Source addresses are throttled *before* any hashing, and a person's
+//!   account is locked for a while after 100 consecutive failures (see
+//!   [`AuthPolicy`]). Meters are not locked out: their ids are public, so a
+//!   lockout would let anyone silence a meter, and their 256-bit secrets
+//!   cannot be guessed.
 //! - Changes by another process (the `wattson user` CLI while `serve` runs)
 //!   are seen by the next verification: every verification stats the file
 //!   (about a microsecond) and reloads it when it changed; see

@@ -371,18 +371,23 @@ impl UserStore {
             tracing::debug!(?source, "login throttled");
             return Prepared::Done(Err(e));
         }
-        if let Err(e) = self.lockouts.check(name, now) {
+        let snap = self.refresh();
+        // Meters are not locked out: their ids are public (they are in
+        // topics), so a lockout would let anyone silence a meter, while a
+        // 256-bit secret cannot be guessed anyway. The per-address throttle
+        // above still applies to them.
+        let is_device = snap.contents.devices.contains_key(name);
+        if !is_device && let Err(e) = self.lockouts.check(name, now) {
             self.counters.locked_out.fetch_add(1, Ordering::Relaxed);
             return Prepared::Done(Err(e));
         }
-        let snap = self.refresh();
         if password.len() > MAX_PASSWORD_BYTES {
-            return Prepared::Done(self.outcome(name, None, source));
+            return Prepared::Done(self.outcome(name, None, source, !is_device));
         }
         if let Some(d) = snap.contents.devices.get(name) {
             let presented = blake3::keyed_hash(&snap.contents.device_key, password.as_bytes());
             let ok: bool = presented.as_bytes().ct_eq(&d.secret_hash).into();
-            return Prepared::Done(self.outcome(name, ok.then_some(Role::Device), source));
+            return Prepared::Done(self.outcome(name, ok.then_some(Role::Device), source, false));
         }
         let (role, phc) = match snap.contents.users.get(name) {
             Some(u) => (Some(u.role), u.hash.clone()),
@@ -424,7 +429,7 @@ impl UserStore {
                 None
             }
         };
-        self.outcome(&check.name, granted, check.addr)
+        self.outcome(&check.name, granted, check.addr, true)
     }
 
     /// Records a success or failure and turns it into the answer.
@@ -433,6 +438,7 @@ impl UserStore {
         name: &str,
         granted: Option<Role>,
         source: Option<IpAddr>,
+        lockable: bool,
     ) -> std::result::Result<Role, AuthError> {
         match granted {
             Some(role) => {
@@ -444,7 +450,7 @@ impl UserStore {
             None => {
                 self.counters.denied.fetch_add(1, Ordering::Relaxed);
                 let now = self.policy.clock.now();
-                if self.lockouts.record_failure(name, now) {
+                if lockable && self.lockouts.record_failure(name, now) {
                     tracing::warn!(user = ?name, ?source, lockout = ?self.policy.lockout,
                         "account locked after too many failed logins");
                 } else {

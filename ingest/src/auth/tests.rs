@@ -312,23 +312,17 @@ fn lockout_after_100_failures_then_expiry() {
         ..policy()
     };
     let store = UserStore::open_with(dir.path(), policy).unwrap();
-    let secret = store.add_device("meter1").unwrap();
+    store.add_user("alice", Role::Viewer, GOOD).unwrap();
     // A success resets the streak.
     for _ in 0..99 {
-        assert_eq!(
-            store.verify("meter1", "wrong", None),
-            Err(AuthError::Denied)
-        );
+        assert_eq!(store.verify("alice", "wrong", None), Err(AuthError::Denied));
     }
-    assert_eq!(store.verify("meter1", &secret, None), Ok(Role::Device));
+    assert_eq!(store.verify("alice", GOOD, None), Ok(Role::Viewer));
     for _ in 0..100 {
-        assert_eq!(
-            store.verify("meter1", "wrong", None),
-            Err(AuthError::Denied)
-        );
+        assert_eq!(store.verify("alice", "wrong", None), Err(AuthError::Denied));
     }
-    // Locked: even the right secret is refused, without checking it.
-    match store.verify("meter1", &secret, None) {
+    // Locked: even the right password is refused, without checking it.
+    match store.verify("alice", GOOD, None) {
         Err(AuthError::LockedOut { retry_after }) => {
             assert_eq!(retry_after, Duration::from_secs(15 * 60));
         }
@@ -336,12 +330,27 @@ fn lockout_after_100_failures_then_expiry() {
     }
     clock.advance(Duration::from_secs(15 * 60 - 1));
     assert!(matches!(
-        store.verify("meter1", &secret, None),
+        store.verify("alice", GOOD, None),
         Err(AuthError::LockedOut { .. })
     ));
     clock.advance(Duration::from_secs(1));
-    assert_eq!(store.verify("meter1", &secret, None), Ok(Role::Device));
+    assert_eq!(store.verify("alice", GOOD, None), Ok(Role::Viewer));
     assert!(store.stats().locked_out >= 2);
+}
+
+#[test]
+fn meters_are_never_locked_out_by_failed_logins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = UserStore::open_with(dir.path(), policy()).unwrap();
+    let secret = store.add_device("meter1").unwrap();
+    for _ in 0..150 {
+        assert_eq!(
+            store.verify("meter1", "wrong", None),
+            Err(AuthError::Denied)
+        );
+    }
+    assert_eq!(store.verify("meter1", &secret, None), Ok(Role::Device));
+    assert_eq!(store.stats().locked_out, 0);
 }
 
 #[test]
