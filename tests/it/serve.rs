@@ -299,3 +299,55 @@ fn sigkill_of_the_server_never_loses_an_acknowledged_reading() {
         "the meter got almost nothing acknowledged; the test proves little"
     );
 }
+
+/// The same durable path with a client that is not ours: Eclipse paho-mqtt
+/// from PyPI, as meters' gateways and scripts use it.
+#[test]
+fn paho_mqtt_publishes_are_acknowledged_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = setup(&data);
+    let python = crate::python::python();
+    let (mut server, port) = start(&data);
+    let script = r#"
+import sys, paho.mqtt.client as mqtt
+port, secret = int(sys.argv[1]), sys.argv[2]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="m1")
+c.username_pw_set("m1", secret)
+c.connect("127.0.0.1", port, keepalive=30)
+c.loop_start()
+infos = [c.publish("meters/m1/power", '{"ts":%d,"pa_v":%d.25}' % (1658244261000 + i * 1000, i), qos=1) for i in range(10)]
+for info in infos:
+    info.wait_for_publish(timeout=10)
+print(sum(1 for i in infos if i.is_published()))
+c.loop_stop()
+c.disconnect()
+"#;
+    let out = Command::new(python)
+        .args(["-c", script, &port.to_string(), &secret])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "10",
+        "every publish is acknowledged"
+    );
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.wait().unwrap().success());
+    let out = wattson(&data)
+        .args(["export", "--table", "power", "--format", "csv", "-"])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 10, "{csv}");
+    assert_eq!(rows[9], "2022-07-19T15:24:30Z,m1,9.25");
+}
