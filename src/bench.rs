@@ -28,6 +28,8 @@ use wattson_storage::{Reading, ScanRequest, Store, StoreOptions};
 
 use crate::simdata::{self, SEED_TABLE};
 
+pub mod ingest;
+
 /// 2022-07-01T00:00:00Z: the seed's month.
 const START_NS: i64 = 1_656_633_600_000_000_000;
 /// Readings per append: about what one group commit gathers from a fleet.

@@ -183,6 +183,28 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Start a real server in a fresh data directory and publish simulated
+    /// QoS 1 readings to it over MQTT on loopback; report what was
+    /// acknowledged (durably stored), PUBACK latency and the server's CPU
+    /// and memory. Build with --release for real figures.
+    Ingest {
+        /// Simulated meters, one MQTT connection each.
+        #[arg(long, default_value_t = 8)]
+        devices: usize,
+        /// Messages per second per meter; 0 publishes as fast as
+        /// acknowledgements allow.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Readings per message.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 // A database's allocation pattern (many small, short-lived buffers from many
@@ -229,6 +251,29 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::User(cmd) => user_cmd(&cli.data_dir, cmd),
         Command::Device(cmd) => device_cmd(&cli.data_dir, cmd),
+        Command::Bench(BenchCommand::Ingest {
+            devices,
+            rate,
+            batch,
+            duration,
+            json,
+        }) => {
+            if !(duration > 0.0 && rate >= 0.0) {
+                bail!("--duration must be positive and --rate not negative");
+            }
+            let report = wattson::bench::ingest::run(&wattson::bench::ingest::IngestBenchConfig {
+                devices,
+                rate_hz: rate,
+                batch,
+                duration: std::time::Duration::from_secs_f64(duration),
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Storage {
             devices,
             days,

@@ -351,3 +351,39 @@ c.disconnect()
     assert_eq!(rows.len(), 10, "{csv}");
     assert_eq!(rows[9], "2022-07-19T15:24:30Z,m1,9.25");
 }
+
+#[test]
+fn bench_ingest_reports_durable_throughput() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wattson"))
+        .args([
+            "--log",
+            "warn",
+            "bench",
+            "ingest",
+            "--devices",
+            "2",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "readings_per_s",
+        "messages_per_s",
+        "puback_p50_ms",
+        "puback_p99_ms",
+        "server_cpu_pct",
+        "server_peak_rss_mb",
+    ] {
+        assert!(report[key].as_f64().is_some(), "{key} missing in {report}");
+    }
+    assert!(report["messages_acked"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["connection_errors"].as_u64(), Some(0), "{report}");
+}
