@@ -52,6 +52,25 @@ fn setup(data: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// The rows of table `power` as `wattson export` writes them (CSV, no header).
+fn exported_rows(data: &Path) -> Vec<String> {
+    let out = wattson(data)
+        .args(["export", "--table", "power", "--format", "csv", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Starts the server and returns it with the port meters connect to.
 fn start(data: &Path) -> (Child, u16) {
     let subscribers = format!("127.0.0.1:{}", free_port());
@@ -144,18 +163,8 @@ fn readings_acknowledged_over_mqtt_survive_a_graceful_stop() {
         "serve must exit 0 after SIGTERM: {status}"
     );
 
-    let out = wattson(&data)
-        .args(["export", "--table", "power", "--format", "csv", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let csv = String::from_utf8(out.stdout).unwrap();
-    let rows: Vec<&str> = csv.lines().skip(1).collect();
-    assert_eq!(rows.len(), 20, "{csv}");
+    let rows = exported_rows(&data);
+    assert_eq!(rows.len(), 20, "{rows:?}");
     assert_eq!(rows[0], "2022-07-19T15:24:21Z,m1,200.5");
     assert_eq!(rows[19], "2022-07-19T15:24:40Z,m1,219.5");
 }
@@ -262,17 +271,8 @@ fn sigkill_of_the_server_never_loses_an_acknowledged_reading() {
         server.wait().unwrap();
         acked_per_round.push((acked, sent));
 
-        let out = wattson(&data)
-            .args(["export", "--table", "power", "--format", "csv", "-"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let mut counts = std::collections::BTreeMap::<u64, usize>::new();
-        for line in String::from_utf8(out.stdout).unwrap().lines().skip(1) {
+        for line in exported_rows(&data) {
             let value: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
             *counts.entry(value as u64).or_default() += 1;
         }
@@ -342,13 +342,8 @@ c.disconnect()
         .status()
         .unwrap();
     assert!(server.wait().unwrap().success());
-    let out = wattson(&data)
-        .args(["export", "--table", "power", "--format", "csv", "-"])
-        .output()
-        .unwrap();
-    let csv = String::from_utf8(out.stdout).unwrap();
-    let rows: Vec<&str> = csv.lines().skip(1).collect();
-    assert_eq!(rows.len(), 10, "{csv}");
+    let rows = exported_rows(&data);
+    assert_eq!(rows.len(), 10, "{rows:?}");
     assert_eq!(rows[9], "2022-07-19T15:24:30Z,m1,9.25");
 }
 
