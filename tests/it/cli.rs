@@ -10,14 +10,17 @@ dt,pa_v,pb_v,pc_v,wd_a,wd_p,rf_a,rf_p,ac01_a,ac01_p,rh01_a,rh01_p,mo_a,mo_p,ac02
 2022-07-19 15:24:24,0.0,213.8,0.0,0.38,83.6,0.00,0.0,0.00,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0
 ";
 
-fn wattson(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wattson"))
-        .arg("--data-dir")
+fn command(data_dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wattson"));
+    cmd.arg("--data-dir")
         .arg(data_dir)
         .args(args)
-        .env("WATTSON_LOG", "warn")
-        .output()
-        .unwrap()
+        .env("WATTSON_LOG", "warn");
+    cmd
+}
+
+fn wattson(data_dir: &Path, args: &[&str]) -> Output {
+    command(data_dir, args).output().unwrap()
 }
 
 fn ok(out: &Output) -> String {
@@ -193,11 +196,7 @@ fn help_explains_every_command() {
 
 fn wattson_with_stdin(data_dir: &Path, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wattson"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("WATTSON_LOG", "warn")
+    let mut child = command(data_dir, args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -126,16 +126,7 @@ impl UserStore {
     /// Opens with a custom policy (limits and clock).
     pub fn open_with(data_dir: impl AsRef<Path>, policy: AuthPolicy) -> Result<Self> {
         let path = data_dir.as_ref().join(USER_FILE_NAME);
-        let snapshot = match file::load(&path)? {
-            Some((contents, stamp)) => Snapshot {
-                contents,
-                stamp: Some(stamp),
-            },
-            None => Snapshot {
-                contents: empty_contents()?,
-                stamp: None,
-            },
-        };
+        let snapshot = load_snapshot(&path)?;
         let argon2 = Argon2::new(
             Algorithm::Argon2id,
             Version::V0x13,
@@ -172,16 +163,7 @@ impl UserStore {
         if now == self.state.read().stamp {
             return Ok(false);
         }
-        let snapshot = match file::load(&self.path)? {
-            Some((contents, stamp)) => Snapshot {
-                contents,
-                stamp: Some(stamp),
-            },
-            None => Snapshot {
-                contents: empty_contents()?,
-                stamp: None,
-            },
-        };
+        let snapshot = load_snapshot(&self.path)?;
         *self.state.write() = Arc::new(snapshot);
         Ok(true)
     }
@@ -563,4 +545,18 @@ impl UserStore {
     pub(crate) fn dummy_hash(&self) -> &str {
         &self.dummy_hash
     }
+}
+
+/// The file's contents, or an empty store when there is no file yet.
+fn load_snapshot(path: &Path) -> Result<Snapshot> {
+    Ok(match file::load(path)? {
+        Some((contents, stamp)) => Snapshot {
+            contents,
+            stamp: Some(stamp),
+        },
+        None => Snapshot {
+            contents: empty_contents()?,
+            stamp: None,
+        },
+    })
 }
