@@ -125,6 +125,13 @@ impl PartBuf {
         self.times.len()
     }
 
+    /// Earliest and latest buffered time; `None` when empty.
+    pub(crate) fn time_range(&self) -> Option<(i64, i64)> {
+        let min = self.times.iter().min()?;
+        let max = self.times.iter().max()?;
+        Some((*min, *max))
+    }
+
     /// Appends a row; returns how many channels it left null, whose slots
     /// cost memory too.
     fn push(&mut self, time: i64, seq: u64, values: Vec<(usize, Value)>) -> usize {

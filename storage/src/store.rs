@@ -99,6 +99,10 @@ pub struct PartitionInfo {
     pub buffered_rows: u64,
     pub segments: usize,
     pub bytes_on_disk: u64,
+    /// Earliest and latest reading time, ns, from block statistics and the
+    /// buffer. Rows replaced by later writes still count.
+    pub min_time: i64,
+    pub max_time: i64,
 }
 
 /// The WAL carries each batch's prepared rows to the commit callback.
@@ -542,6 +546,7 @@ impl Store {
         let state = self.shared.applied_state();
         let mut out: BTreeMap<PartKey, PartitionInfo> = BTreeMap::new();
         for ((table, device, month), segs) in &state.parts {
+            let blocks = || segs.iter().flat_map(|s| s.blocks());
             out.insert(
                 (table.clone(), device.clone(), *month),
                 PartitionInfo {
@@ -552,6 +557,8 @@ impl Store {
                     buffered_rows: 0,
                     segments: segs.len(),
                     bytes_on_disk: segs.iter().map(|s| s.file_len()).sum(),
+                    min_time: blocks().map(|b| b.min_time).min().unwrap_or(i64::MAX),
+                    max_time: blocks().map(|b| b.max_time).max().unwrap_or(i64::MIN),
                 },
             );
         }
@@ -568,7 +575,13 @@ impl Store {
                         buffered_rows: 0,
                         segments: 0,
                         bytes_on_disk: 0,
+                        min_time: i64::MAX,
+                        max_time: i64::MIN,
                     });
+                if let Some((min, max)) = part.time_range() {
+                    info.min_time = info.min_time.min(min);
+                    info.max_time = info.max_time.max(max);
+                }
                 info.rows += part.rows() as u64;
                 info.buffered_rows += part.rows() as u64;
             }
