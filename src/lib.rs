@@ -10,6 +10,7 @@
 //!   shape, for `wattson simulate`, `wattson bench` and tests.
 //! - [`import`] turns CSV and Parquet files into [`Reading`]s in bounded
 //!   chunks, for `wattson import`.
+//! - [`sql`] runs `wattson sql`.
 //! - [`export`] writes the Arrow record batches of a scan as CSV or Parquet,
 //!   for `wattson export`.
 //!
@@ -20,3 +21,4 @@ pub mod export;
 pub mod import;
 pub mod serve;
 pub mod simdata;
+pub mod sql;

@@ -59,6 +59,17 @@ enum Command {
     Import(ImportArgs),
     /// Export readings of one table to CSV or Parquet.
     Export(ExportArgs),
+    /// Run one read-only SQL query against the data directory and print
+    /// the result.
+    ///
+    /// Tables: `power_consumption` and the like (`time`, `device`, then the
+    /// channels); the seed system's `{device}_{table}_{yyyy}_{mm}` (`dt`,
+    /// then the channels) and `{table}_{yyyy}_{mm}`; `system.devices`,
+    /// `system.partitions`, `system.ingest`. Energy functions:
+    /// `energy_kwh(power_w, time)`, `twa(value, time)`,
+    /// `energy_coverage(time)`, `counter_delta(counter, time)`. The server
+    /// must not be running on the same directory.
+    Sql(SqlArgs),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -137,6 +148,16 @@ struct ImportArgs {
     /// Readings per durable append.
     #[arg(long, default_value_t = DEFAULT_CHUNK_ROWS)]
     batch_rows: usize,
+}
+
+#[derive(Debug, Args)]
+struct SqlArgs {
+    /// The query, for example
+    /// "SELECT device, count(*) FROM power_consumption GROUP BY device".
+    query: String,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value = "table")]
+    format: wattson::sql::SqlFormat,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +253,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Import(args) => import_cmd(&cli.data_dir, args),
         Command::Export(args) => export_cmd(&cli.data_dir, args),
+        Command::Sql(args) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            wattson::sql::run(&cli.data_dir, &args.query, args.format, &mut out)
+        }
         Command::Serve(args) => {
             let mut config = serve::Config::load(args.config.as_deref())?;
             if let Some(addr) = args.mqtt_listen {

@@ -188,6 +188,7 @@ fn help_explains_every_command() {
         &["import", "--help"],
         &["export", "--help"],
         &["bench", "storage", "--help"],
+        &["sql", "--help"],
     ] {
         let out = ok(&wattson(dir.path(), cmd));
         assert!(out.contains("Usage:"), "{out}");
@@ -288,4 +289,63 @@ fn users_and_devices_are_managed_from_the_command_line() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wattson device add"));
+}
+
+#[test]
+fn sql_reads_the_seed_month_table_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let csv = dir.path().join("seed.csv");
+    std::fs::write(&csv, SEED_CSV).unwrap();
+    ok(&wattson(
+        &data,
+        &[
+            "import",
+            csv.to_str().unwrap(),
+            "--table",
+            "power_consumption",
+            "--device",
+            "viconsl",
+        ],
+    ));
+    let query = "SELECT * FROM viconsl_power_consumption_2022_07 ORDER BY dt";
+    let out = ok(&wattson(&data, &["sql", query, "--format", "csv"]));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), SEED_CSV.lines().next(), "the seed's header");
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(first[0], "2022-07-19T15:24:21");
+    assert_eq!(first[2], "214.9");
+    assert_eq!(first[9], "2207.8");
+    assert_eq!(lines.count(), 2);
+
+    let out = ok(&wattson(
+        &data,
+        &[
+            "sql",
+            "SELECT device, count(*) AS n, round(energy_kwh(wd_p, time) * 3600000, 1) AS joules \
+             FROM power_consumption GROUP BY device",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(out.trim(), r#"{"device":"viconsl","n":3,"joules":250.8}"#);
+
+    let out = ok(&wattson(
+        &data,
+        &["sql", "SELECT count(*) FROM power_consumption"],
+    ));
+    assert!(out.contains("| 3 "), "{out}");
+    assert!(out.contains("1 row"), "{out}");
+
+    // Clear errors, no panics.
+    let out = wattson(&data, &["sql", "SELECT * FROM power_consumptoin"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did you mean `power_consumption`"), "{err}");
+    let out = wattson(&data, &["sql", "DROP TABLE power_consumption"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("read-only"), "{err}");
+    let out = wattson(&dir.path().join("nowhere"), &["sql", "SELECT 1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds no Wattson data"), "{err}");
 }

@@ -1,0 +1,113 @@
+//! `wattson sql`: one query against a data directory, printed as a table,
+//! CSV or JSON lines.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::csv::WriterBuilder;
+use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use futures::StreamExt;
+use wattson_query::{QueryEngine, QueryOptions};
+use wattson_storage::{Store, StoreOptions};
+
+/// How `wattson sql` prints results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqlFormat {
+    /// An aligned text table (the whole result is held in memory).
+    Table,
+    /// CSV with a header row, streamed.
+    Csv,
+    /// One JSON object per row, streamed.
+    Json,
+}
+
+/// Runs `sql` over the store in `data_dir` and writes the result to `out`.
+pub fn run(data_dir: &Path, sql: &str, format: SqlFormat, out: &mut dyn Write) -> Result<()> {
+    if !data_dir.join("catalog.wcat").exists() && !data_dir.join("wal").exists() {
+        bail!(
+            "{} holds no Wattson data (give the data directory with --data-dir)",
+            data_dir.display()
+        );
+    }
+    let opts = StoreOptions {
+        background: false,
+        ..StoreOptions::default()
+    };
+    let store = match Store::open(data_dir, opts) {
+        Ok(store) => Arc::new(store),
+        Err(wattson_storage::Error::Locked { path }) => bail!(
+            "a running server holds {}; stop it, or query it over Flight SQL",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening {}", data_dir.display()));
+        }
+    };
+    let engine = QueryEngine::new(store.clone(), None, &QueryOptions::default())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let mut stream = engine.stream(sql).await?;
+        let mut printer = Printer::new(format, out);
+        while let Some(batch) = stream.next().await {
+            printer.batch(&batch.map_err(wattson_query::Error::from)?)?;
+        }
+        printer.finish()
+    });
+    drop(engine);
+    store.close().context("closing the store")?;
+    result
+}
+
+struct Printer<'a> {
+    format: SqlFormat,
+    out: &'a mut dyn Write,
+    held: Vec<RecordBatch>,
+    wrote_header: bool,
+}
+
+impl<'a> Printer<'a> {
+    fn new(format: SqlFormat, out: &'a mut dyn Write) -> Self {
+        Printer {
+            format,
+            out,
+            held: Vec::new(),
+            wrote_header: false,
+        }
+    }
+
+    fn batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        match self.format {
+            SqlFormat::Table => self.held.push(batch.clone()),
+            SqlFormat::Csv => {
+                let mut writer = WriterBuilder::new()
+                    .with_header(!self.wrote_header)
+                    .build(&mut *self.out);
+                writer.write(batch)?;
+                self.wrote_header = true;
+            }
+            SqlFormat::Json => {
+                let mut writer = LineDelimitedWriter::new(&mut *self.out);
+                writer.write(batch)?;
+                writer.finish()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        if self.format == SqlFormat::Table {
+            let rows: usize = self.held.iter().map(RecordBatch::num_rows).sum();
+            writeln!(self.out, "{}", pretty_format_batches(&self.held)?)?;
+            writeln!(self.out, "{rows} row{}", if rows == 1 { "" } else { "s" })?;
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+}
