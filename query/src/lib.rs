@@ -12,7 +12,8 @@
 //! - Scans prune months, devices and blocks by the query's time and device
 //!   filters ([`prune`]), run one partition per storage partition in
 //!   parallel, and stream in bounded memory.
-//! - Energy functions ([`functions`]).
+//! - Energy functions ([`functions`]), and `last_cache('table')`: the
+//!   newest reading of every device from the store's last-value cache.
 //!
 //! It promises that a reading is queryable as soon as its append returned
 //! (the store applies committed rows before any scan), and that no
@@ -22,6 +23,7 @@ mod catalog;
 mod error;
 mod exec;
 pub mod functions;
+mod latest;
 pub mod prune;
 mod table;
 
@@ -168,8 +170,12 @@ impl QueryEngine {
                 store: store.clone(),
                 prune: opts.prune,
             }),
-            system: Arc::new(SystemSchema { store, ingest }),
+            system: Arc::new(SystemSchema {
+                store: store.clone(),
+                ingest,
+            }),
         };
+        ctx.register_udtf("last_cache", Arc::new(latest::LastCache { store }));
         ctx.register_catalog(CATALOG, Arc::new(catalog));
         let max_gap = i64::try_from(opts.max_gap.as_nanos()).unwrap_or(i64::MAX);
         for udaf in functions::energy::TimeWeighted::all(max_gap) {

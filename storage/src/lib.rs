@@ -22,6 +22,7 @@ mod catalog;
 pub mod clock;
 pub mod error;
 pub mod io;
+mod latest;
 mod memtable;
 mod merge;
 pub mod model;
@@ -33,6 +34,7 @@ pub mod wal;
 
 pub use catalog::TableDef;
 pub use error::{Error, Result};
+pub use latest::LatestReading;
 pub use model::{ChannelType, Month, Reading, Value};
 pub use scan::{Scan, ScanMetrics, ScanRequest, table_schema};
 pub use store::{AppendReceipt, PartitionInfo, RecoveryEvent, Store, StoreOptions};

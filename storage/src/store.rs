@@ -16,6 +16,7 @@ use crate::catalog::{Catalog, TableDef};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::io::{DirLock, RealFs, Vfs};
+use crate::latest::{self, LatestCache, LatestReading};
 use crate::memtable::{Memtable, PreparedRow};
 use crate::model::{Month, Reading};
 use crate::scan::{self, Scan, ScanRequest};
@@ -125,6 +126,7 @@ pub(crate) struct State {
     pub(crate) frozen: Vec<Arc<Frozen>>,
     /// Segment files of each partition, ordered by their WAL sequence range.
     pub(crate) parts: BTreeMap<PartKey, Vec<Arc<SegmentReader>>>,
+    pub(crate) latest: LatestCache,
 }
 
 impl State {
@@ -239,6 +241,7 @@ impl Shared {
         };
         for (seq, rows) in batches {
             for row in rows {
+                state.latest.observe(seq, &row);
                 state.active.insert(seq, row);
             }
         }
@@ -487,6 +490,97 @@ impl Store {
         let now = self.shared.opts.clock.now_ns();
         let state = self.shared.applied_state();
         scan::snapshot(&def, req, &state, def.cutoff_ns(now))
+    }
+
+    /// The newest reading of every device of `table`, sorted by device:
+    /// from memory, except for a device whose newest data has not been
+    /// seen since the store opened, which costs one block read once.
+    /// Months expired by retention are not reported.
+    pub fn latest(&self, table: &str) -> Result<Vec<LatestReading>> {
+        let Some(def) = self.table(table) else {
+            return Ok(Vec::new());
+        };
+        let cutoff = def.cutoff_ns(self.shared.opts.clock.now_ns());
+        let live = |time: i64| cutoff.is_none_or(|c| Month::of(time).end_ns() > c);
+        let mut found: BTreeMap<String, latest::Latest> = BTreeMap::new();
+        let mut to_read: Vec<(String, i64)> = Vec::new();
+        {
+            let state = self.shared.applied_state();
+            // The newest time in segment files per device: the blocks of
+            // its newest month (partition keys sort by month).
+            let mut on_disk: BTreeMap<&str, i64> = BTreeMap::new();
+            for ((t, device, _), segs) in state.parts.range(
+                (
+                    table.to_owned(),
+                    String::new(),
+                    Month {
+                        year: i32::MIN,
+                        month: 1,
+                    },
+                )..,
+            ) {
+                if t != table {
+                    break;
+                }
+                let newest = segs
+                    .iter()
+                    .flat_map(|s| s.blocks())
+                    .map(|b| b.max_time)
+                    .max();
+                if let Some(newest) = newest {
+                    on_disk.insert(device, newest);
+                }
+            }
+            for device in state.latest.devices(table) {
+                on_disk.entry(device).or_insert(i64::MIN);
+            }
+            for (device, disk_max) in on_disk {
+                match state.latest.get(table, device) {
+                    Some(l) if l.time >= disk_max => {
+                        found.insert(device.to_owned(), l.clone());
+                    }
+                    _ => to_read.push((device.to_owned(), disk_max)),
+                }
+            }
+        }
+        for (device, time) in to_read {
+            let req = ScanRequest {
+                table: table.to_owned(),
+                devices: Some(vec![device.clone()]),
+                start: Some(time),
+                end: Some(time.saturating_add(1)),
+                ..ScanRequest::default()
+            };
+            let mut newest = None;
+            for batch in self.scan(&req)? {
+                newest = latest::last_row(&batch?).or(newest);
+            }
+            if let Some(l) = newest {
+                self.shared
+                    .state
+                    .write()
+                    .latest
+                    .offer(table, &device, l.clone());
+                found.insert(device, l);
+            }
+        }
+        Ok(found
+            .into_iter()
+            .filter(|(_, l)| live(l.time))
+            .map(|(device, l)| {
+                let mut values = vec![None; def.channels.len()];
+                for (i, v) in l.values {
+                    if let Some(slot) = values.get_mut(i) {
+                        *slot = Some(v);
+                    }
+                }
+                LatestReading {
+                    device,
+                    time: l.time,
+                    values,
+                }
+            })
+            .collect())
     }
 
     /// The tables and their schemas.

@@ -262,6 +262,7 @@ pub(super) fn replay_record(
         match catalog.admit(vec![r]) {
             Ok((rows, _)) => {
                 for row in rows {
+                    state.latest.observe(seq, &row);
                     state.active.insert(seq, row);
                 }
             }

@@ -970,3 +970,57 @@ fn buffered_rows_spanning_a_month_do_not_merge_every_block_at_once() {
         ("m1".into(), T0 + 20 * 60 * SEC, vec![Some("3.0".into())])
     );
 }
+
+fn latest_of(store: &Store) -> Vec<(String, i64, Vec<Option<Value>>)> {
+    store
+        .latest("power")
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.device, l.time, l.values))
+        .collect()
+}
+
+#[test]
+fn latest_follows_appends_late_data_rewrites_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = test_opts(Arc::new(RealFs));
+    let store = Store::open(dir.path(), opts.clone()).unwrap();
+    assert!(store.latest("power").unwrap().is_empty());
+    store
+        .append((0..40).map(|i| f("m1", T0 + i * SEC, i as f64)).collect())
+        .unwrap();
+    store
+        .append(vec![r("m2", T0, &[("q", Value::I64(7))])])
+        .unwrap();
+    let p = |v: f64| Some(Value::F64(v));
+    assert_eq!(
+        latest_of(&store),
+        vec![
+            ("m1".into(), T0 + 39 * SEC, vec![p(39.0), None]),
+            ("m2".into(), T0, vec![None, Some(Value::I64(7))]),
+        ]
+    );
+    // Late data does not move it; a rewrite of the newest time does.
+    store.append(vec![f("m1", T0 + 5 * SEC, 500.0)]).unwrap();
+    assert_eq!(latest_of(&store)[0].2[0], p(39.0));
+    store.append(vec![f("m1", T0 + 39 * SEC, 390.0)]).unwrap();
+    assert_eq!(latest_of(&store)[0].2[0], p(390.0));
+    let before = latest_of(&store);
+
+    // Sealed and reopened with an empty WAL: read back from the newest block.
+    store.flush().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), opts.clone()).unwrap();
+    assert_eq!(latest_of(&store), before);
+    // Newer data after the restart wins over what the segments hold.
+    store.append(vec![f("m1", T0 + 60 * SEC, 1.5)]).unwrap();
+    assert_eq!(latest_of(&store)[0].1, T0 + 60 * SEC);
+    // An older write after the restart does not hide the segments' newest.
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), opts).unwrap();
+    store.append(vec![f("m2", T0 - SEC, 1.0)]).unwrap();
+    assert_eq!(latest_of(&store)[1].1, T0, "m2's newest is on disk");
+    assert!(store.latest("nothing").unwrap().is_empty());
+}
