@@ -29,9 +29,10 @@ use wattson_storage::{Reading, ScanRequest, Store, StoreOptions};
 use crate::simdata::{self, SEED_TABLE};
 
 pub mod ingest;
+pub mod query;
 
 /// 2022-07-01T00:00:00Z: the seed's month.
-const START_NS: i64 = 1_656_633_600_000_000_000;
+pub(crate) const START_NS: i64 = 1_656_633_600_000_000_000;
 /// Readings per append: about what one group commit gathers from a fleet.
 const BATCH_ROWS: usize = 1_000;
 /// Time plus the seed's 17 channels.
@@ -82,7 +83,11 @@ pub struct StorageBenchReport {
     pub wal_appends: u64,
 }
 
-fn generator(devices: usize, seconds: u64, seed: u64) -> impl Iterator<Item = Vec<Reading>> {
+pub(crate) fn generator(
+    devices: usize,
+    seconds: u64,
+    seed: u64,
+) -> impl Iterator<Item = Vec<Reading>> {
     let mut readings = simdata::fleet(SEED_TABLE, devices, START_NS, seconds, seed);
     std::iter::from_fn(move || {
         let batch: Vec<Reading> = readings.by_ref().take(BATCH_ROWS).collect();
@@ -92,7 +97,7 @@ fn generator(devices: usize, seconds: u64, seed: u64) -> impl Iterator<Item = Ve
 
 /// Appends everything `batches` yields from `writers` threads; returns the
 /// rows appended and the time it took.
-fn append_all(
+pub(crate) fn append_all(
     store: &Arc<Store>,
     batches: impl Iterator<Item = Vec<Reading>> + Send + 'static,
     writers: usize,
@@ -149,7 +154,7 @@ fn dir_bytes(path: &Path) -> Result<u64> {
     Ok(total)
 }
 
-fn bar(enabled: bool, len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(enabled: bool, len: u64, what: &str) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
     }

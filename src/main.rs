@@ -204,6 +204,35 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time the query issue's questions over simulated 1 Hz meter data
+    /// (default 20 meters × 30 days, about 52 M rows): (a) one device-day of
+    /// 1-minute averages, (b) the latest reading of every device, (c) daily
+    /// kWh per device and appliance for the month, also in DuckDB over a
+    /// Parquet export, and (d) one device-month, every column. Build with
+    /// --release for real figures.
+    Query {
+        #[arg(long, default_value_t = 20)]
+        devices: usize,
+        /// Days of 1 Hz data (at most 31: one month).
+        #[arg(long, default_value_t = 30.0)]
+        days: f64,
+        /// Keep the generated store (and its Parquet export) here and reuse
+        /// it on the next run.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Hot runs per light query; the heavy ones run 3 to 5 times.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Where to create the Python venv with DuckDB from PyPI.
+        #[arg(long, default_value = "target/bench-venv")]
+        venv: PathBuf,
+        /// Skip the DuckDB comparison.
+        #[arg(long)]
+        no_duckdb: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a real server in a fresh data directory and publish simulated
     /// QoS 1 readings to it over MQTT on loopback; report what was
     /// acknowledged (durably stored), PUBACK latency and the server's CPU
@@ -292,6 +321,30 @@ fn run(cli: Cli) -> Result<()> {
                 rate_hz: rate,
                 batch,
                 duration: std::time::Duration::from_secs_f64(duration),
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Query {
+            devices,
+            days,
+            dir,
+            runs,
+            venv,
+            no_duckdb,
+            json,
+        }) => {
+            let report = bench::query::run(&bench::query::QueryBenchConfig {
+                devices,
+                days,
+                dir,
+                runs,
+                venv: (!no_duckdb).then_some(venv),
+                progress: !json,
             })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -349,3 +349,34 @@ fn sql_reads_the_seed_month_table_in_every_format() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds no Wattson data"), "{err}");
 }
+
+#[test]
+fn bench_query_times_every_question() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("bench");
+    let args = [
+        "bench",
+        "query",
+        "--devices",
+        "2",
+        "--days",
+        "0.05",
+        "--runs",
+        "1",
+        "--no-duckdb",
+        "--json",
+        "--dir",
+        store.to_str().unwrap(),
+    ];
+    let out = ok(&wattson(dir.path(), &args));
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for key in ["a_ms", "b_ms", "c_ms", "d_ms"] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+    }
+    assert_eq!(report["d_rows"], 4320, "0.05 days of one device at 1 Hz");
+    assert!(report["load_s"].as_f64().is_some());
+    // A second run reuses the store.
+    let out = ok(&wattson(dir.path(), &args));
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(report["load_s"].is_null(), "{report}");
+}
