@@ -23,6 +23,7 @@ mod catalog;
 mod error;
 mod exec;
 pub mod functions;
+mod gapfill;
 mod latest;
 pub mod prune;
 mod table;
@@ -163,6 +164,7 @@ impl QueryEngine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_query_planner(Arc::new(gapfill::Planner))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let catalog = WattsonCatalog {
@@ -180,6 +182,9 @@ impl QueryEngine {
         let max_gap = i64::try_from(opts.max_gap.as_nanos()).unwrap_or(i64::MAX);
         for udaf in functions::energy::TimeWeighted::all(max_gap) {
             ctx.register_udaf(udaf);
+        }
+        for udf in gapfill::Marker::all() {
+            ctx.register_udf(udf);
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(opts.target_partitions.max(1))
@@ -262,6 +267,7 @@ impl QueryEngine {
             .statement_to_plan(statement)
             .await
             .map_err(|e| self.explain_plan_error(e))?;
+        let plan = gapfill::rewrite(plan)?;
         read_only()
             .verify_plan(&plan)
             .map_err(|e| Error::NotAllowed(format!("{}; {READ_ONLY}", Error::from(e))))?;

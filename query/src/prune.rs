@@ -175,10 +175,17 @@ fn string(e: &Expr) -> Option<String> {
 /// filters reach a scan, DataFusion has folded `'2022-07-01'` and casts of
 /// it into such literals.
 fn timestamp_ns(e: &Expr) -> Option<i64> {
-    let Expr::Literal(value, _) = unalias(e) else {
-        return None;
+    let value = match unalias(e) {
+        Expr::Literal(value, _) => value,
+        // Before type coercion (gap filling reads the plan then), a time
+        // literal is still a string or a cast of one.
+        Expr::Cast(c) => return timestamp_ns(&c.expr),
+        _ => return None,
     };
     match value {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+            datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(s).ok()
+        }
         ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
         ScalarValue::TimestampMicrosecond(Some(v), _) => Some(v.saturating_mul(1_000)),
         ScalarValue::TimestampMillisecond(Some(v), _) => Some(v.saturating_mul(1_000_000)),
