@@ -1,0 +1,60 @@
+//! A reading: one timestamped sample of a meter's channels.
+//!
+//! Names are kept out of the reading: a [`Schema`] names the channels once,
+//! and a reading holds only values in schema order. That keeps a reading at
+//! about 120 bytes, so a board can buffer hundreds of them in its outbox.
+
+use crate::{Error, Result};
+
+/// Most channels one reading can hold: three phase voltages plus current
+/// and power of ten circuits, with room to spare.
+pub const MAX_CHANNELS: usize = 24;
+
+/// One channel of a meter: its name as sent (`pa_v`, `wd_a`, …) and how many
+/// decimals its values carry on the wire (the seed sends volts and watts with
+/// one, amperes with two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channel<'a> {
+    pub name: &'a str,
+    pub decimals: u8,
+}
+
+/// The channels of a meter, in the order of a reading's values.
+pub type Schema<'a> = &'a [Channel<'a>];
+
+/// One reading of a meter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// Device time in milliseconds since the Unix epoch, or `None` while the
+    /// clock is not synchronised: ingest then uses its receive time.
+    pub ts_ms: Option<i64>,
+    /// Counts readings since the meter started. It goes on the wire as
+    /// `seq`, so gaps (dropped readings) and resends are visible in the data.
+    pub seq: u32,
+    len: u8,
+    values: [f32; MAX_CHANNELS],
+}
+
+impl Reading {
+    /// A reading of `values` in schema order. `NaN` marks a value that is
+    /// absent (a sensor that failed); it is left out of the payload.
+    pub fn new(ts_ms: Option<i64>, seq: u32, values: &[f32]) -> Result<Self> {
+        let mut out = [f32::NAN; MAX_CHANNELS];
+        let dst = out
+            .get_mut(..values.len())
+            .ok_or(Error::TooManyChannels { max: MAX_CHANNELS })?;
+        dst.copy_from_slice(values);
+        Ok(Reading {
+            ts_ms,
+            seq,
+            // MAX_CHANNELS < 256, checked by the slice above.
+            len: values.len() as u8,
+            values: out,
+        })
+    }
+
+    /// The values, in schema order.
+    pub fn values(&self) -> &[f32] {
+        self.values.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
