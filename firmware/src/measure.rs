@@ -1,7 +1,7 @@
 //! From raw ADC samples to volts, amperes, watts and watt-hours.
 //!
 //! A window holds frames of interleaved samples, one per ADC channel: the
-//! three phase voltages first, then one current per appliance circuit
+//! phase voltages first (one to three), then one current per appliance circuit
 //! ([`MeterConfig`] says which phase each circuit hangs on). For each
 //! channel a [`Calibration`] turns counts into volts or amperes:
 //! `(raw - offset) * ratio`.
@@ -264,7 +264,8 @@ pub struct Circuit {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MeterConfig<'a> {
     pub sample_rate_hz: f32,
-    pub phases: [Calibration; 3],
+    /// One to three phase voltages (a single-phase board has one).
+    pub phases: &'a [Calibration],
     pub circuits: &'a [Circuit],
 }
 
@@ -273,12 +274,17 @@ pub struct MeterConfig<'a> {
 /// layout.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MeterMeasurement {
-    pub phases: [Measurement; 3],
+    phases: [Measurement; 3],
+    nphases: usize,
     len: usize,
     circuits: [Option<Measurement>; (MAX_CHANNELS - 3) / 2],
 }
 
 impl MeterMeasurement {
+    pub fn phases(&self) -> impl Iterator<Item = &Measurement> {
+        self.phases.iter().take(self.nphases)
+    }
+
     pub fn circuits(&self) -> impl Iterator<Item = &Measurement> {
         self.circuits.iter().take(self.len).flatten()
     }
@@ -293,7 +299,7 @@ impl MeterMeasurement {
                 n += 1;
             }
         };
-        for p in &self.phases {
+        for p in self.phases() {
             put(p.vrms);
         }
         for c in self.circuits() {
@@ -305,15 +311,16 @@ impl MeterMeasurement {
 }
 
 impl MeterConfig<'_> {
-    /// Channels per frame: three voltages and one current per circuit.
+    /// Channels per frame: the voltages, then one current per circuit.
     pub fn channels(&self) -> usize {
-        3 + self.circuits.len()
+        self.phases.len() + self.circuits.len()
     }
 
     /// Measures a window of interleaved frames.
     pub fn measure(&self, window: &[u16]) -> Result<MeterMeasurement> {
         let stride = self.channels();
-        if self.circuits.len() > (MAX_CHANNELS - 3) / 2 {
+        let nphases = self.phases.len();
+        if self.circuits.len() > (MAX_CHANNELS - 3) / 2 || !(1..=3).contains(&nphases) {
             return Err(Error::TooManyChannels { max: MAX_CHANNELS });
         }
         let frames = window.len() / stride;
@@ -342,20 +349,19 @@ impl MeterConfig<'_> {
             power_factor: 0.0,
             frequency_hz: None,
         }; 3];
-        for (k, (span, out)) in spans.iter_mut().zip(phases.iter_mut()).enumerate() {
-            let v = ch(
-                k,
-                self.phases
-                    .get(k)
-                    .copied()
-                    .unwrap_or(Calibration::new(0.0, 0.0)),
-            );
+        for (k, ((span, out), cal)) in spans
+            .iter_mut()
+            .zip(phases.iter_mut())
+            .zip(self.phases)
+            .enumerate()
+        {
+            let v = ch(k, *cal);
             *span = cycles(v, self.sample_rate_hz);
             *out = measure_span(v, None, *span, self.sample_rate_hz);
         }
         let mut circuits = [None; (MAX_CHANNELS - 3) / 2];
         for (k, (c, out)) in self.circuits.iter().zip(circuits.iter_mut()).enumerate() {
-            let phase = c.phase.min(2);
+            let phase = c.phase.min(nphases - 1);
             let v = ch(
                 phase,
                 self.phases
@@ -370,13 +376,14 @@ impl MeterConfig<'_> {
             });
             *out = Some(measure_span(
                 v,
-                Some(ch(3 + k, c.cal)),
+                Some(ch(nphases + k, c.cal)),
                 span,
                 self.sample_rate_hz,
             ));
         }
         Ok(MeterMeasurement {
             phases,
+            nphases,
             len: self.circuits.len(),
             circuits,
         })

@@ -100,7 +100,7 @@ fn a_blocking_meter_measures_buffers_and_catches_up() {
     }];
     let cfg = MeterConfig {
         sample_rate_hz: RATE,
-        phases: [CAL_V; 3],
+        phases: &[CAL_V; 3],
         circuits: &circuits,
     };
     let time = Rc::new(Cell::new(0));

@@ -173,7 +173,7 @@ fn meter_window_gives_the_seed_layout() {
     ];
     let cfg = MeterConfig {
         sample_rate_hz: RATE,
-        phases: [CAL_V; 3],
+        phases: &[CAL_V; 3],
         circuits: &circuits,
     };
     let m = cfg.measure(&window).unwrap();
