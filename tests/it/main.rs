@@ -5,4 +5,5 @@
 mod cli;
 mod python;
 mod serve;
+mod simulate;
 mod storage_kill;
