@@ -162,6 +162,7 @@ pub struct SimReport {
 #[derive(Debug, Default)]
 struct Totals {
     generated: AtomicU64,
+    acked: AtomicU64,
     duplicates: AtomicU64,
     late: AtomicU64,
     burst: AtomicU64,
@@ -227,6 +228,22 @@ pub fn run(cfg: &SimConfig, stop: Arc<AtomicBool>) -> Result<SimReport> {
                     }
                     tracing::info!("stopping: draining the meters' outboxes");
                     stop.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+        {
+            // A line every ten seconds, so a person sees the data flow.
+            let (totals, stop) = (totals.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                tick.tick().await;
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    tracing::info!(
+                        generated = totals.generated.load(Ordering::Relaxed),
+                        acknowledged = totals.acked.load(Ordering::Relaxed),
+                        "simulated meters: readings so far"
+                    );
                 }
             });
         }

@@ -279,7 +279,8 @@ impl Device {
                     Ok(Event::Incoming(Incoming::PubAck(_))) => {
                         let kind = conn.as_mut().and_then(|c| c.sent.pop_front());
                         if kind == Some(Sent::Outbox) {
-                            uplink.puback(|r| acked.push((r.ts_ms.unwrap_or(0), r.seq)));
+                            let n = uplink.puback(|r| acked.push((r.ts_ms.unwrap_or(0), r.seq)));
+                            totals.acked.fetch_add(n as u64, Ordering::Relaxed);
                         }
                     }
                     Ok(_) => {}
