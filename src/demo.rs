@@ -40,10 +40,17 @@ fn demo_device(i: usize) -> String {
     format!("demo-{i:04}")
 }
 
+/// The accounts the demo made.
+struct Accounts {
+    /// The admin's password, if the demo created the admin.
+    password: Option<String>,
+    /// (id, secret) per meter.
+    meters: Vec<(String, String)>,
+}
+
 /// Creates the admin (unless one exists) and the demo meters (with fresh
-/// secrets) in `data`; returns the admin password if one was created, and
-/// the meters' credentials.
-fn accounts(data: &Path, devices: usize) -> Result<(Option<String>, Vec<(String, String)>)> {
+/// secrets) in `data`.
+fn accounts(data: &Path, devices: usize) -> Result<Accounts> {
     let users = UserStore::open(data)
         .with_context(|| format!("opening the user store in {}", data.display()))?;
     let has_admin = users
@@ -69,7 +76,10 @@ fn accounts(data: &Path, devices: usize) -> Result<(Option<String>, Vec<(String,
         let secret = users.add_device(&id)?;
         creds.push((id, secret));
     }
-    Ok((password, creds))
+    Ok(Accounts {
+        password,
+        meters: creds,
+    })
 }
 
 /// Runs the demo until SIGINT or SIGTERM.
@@ -89,7 +99,10 @@ pub fn run(cfg: &DemoConfig) -> Result<()> {
         }
     };
     let temporary = cfg.dir.is_none();
-    let (password, creds) = accounts(&data, cfg.devices)?;
+    let Accounts {
+        password,
+        meters: creds,
+    } = accounts(&data, cfg.devices)?;
     let cred_file = data.join("demo-meters.txt");
     // Rewritten whole: the secrets of a previous run are void.
     let _ = std::fs::remove_file(&cred_file);

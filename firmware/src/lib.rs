@@ -47,6 +47,9 @@ pub mod payload;
 pub mod reading;
 pub mod uplink;
 
+#[cfg(test)]
+mod no_std_check;
+
 /// Why an operation of the firmware core failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

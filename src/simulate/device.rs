@@ -72,7 +72,7 @@ struct Conn {
 
 /// Where readings come from.
 enum Source {
-    Reading(MeterSim),
+    Reading(Box<MeterSim>),
     Waveform(Box<WaveMeter>),
 }
 
@@ -133,7 +133,7 @@ impl Device {
         let seed = cfg.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut source = match cfg.mode {
-            Mode::Reading => Source::Reading(MeterSim::new(&id, cfg.seed)),
+            Mode::Reading => Source::Reading(Box::new(MeterSim::new(&id, cfg.seed))),
             Mode::Waveform => Source::Waveform(Box::new(WaveMeter::new(&id, cfg.seed))),
         };
         let schema = seed_schema();
