@@ -55,10 +55,13 @@ const SAMPLE_RATE_HZ: u32 = 2000;
 const FRAMES: usize = 400;
 const CHANNELS: usize = 5;
 
-/// 11 dB attenuation: about 0.61 mV per count up to 2.5 V. See
-/// docs/firmware.md for the wiring these numbers belong to.
-const PHASES: [Calibration; 1] = [Calibration::new(0.2336, 2048.0)];
-const CURRENT: Calibration = Calibration::new(0.00924, 2703.0);
+/// Nominal calibration for the wiring in docs/firmware.md: 11 dB attenuation
+/// (about 0.61 mV per count up to 2.5 V), inputs biased to 1.25 V (count
+/// 2048); 230 V rms through a 230:11 V transformer and a 16:1 divider
+/// (0.204 V per count); a ±20 A Hall sensor at 100 mV/A halved by a
+/// divider (0.0122 A per count). Calibrate each board as described there.
+const PHASES: [Calibration; 1] = [Calibration::new(0.204, 2048.0)];
+const CURRENT: Calibration = Calibration::new(0.0122, 2048.0);
 const CIRCUITS: [Circuit; 4] = [
     Circuit {
         phase: 0,
