@@ -178,6 +178,10 @@ impl<const N: usize, const M: usize> Uplink<N, M> {
     /// The oldest message in flight was acknowledged; `on_acked` sees each of
     /// its readings, which are now stored on the server.
     pub fn puback(&mut self, on_acked: impl FnMut(&Reading)) -> usize {
+        if self.outbox.messages_in_flight() == 0 {
+            // Nothing of ours was in flight: a stray PUBACK changes nothing.
+            return 0;
+        }
         let n = self.outbox.ack(on_acked);
         self.stats.messages_acked += 1;
         self.stats.readings_acked += n as u64;
