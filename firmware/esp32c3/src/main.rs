@@ -25,6 +25,7 @@ use embassy_net::udp::{PacketMetadata, UdpSocket};
 use embassy_net::{IpAddress, IpEndpoint, Runner, Stack, StackResources};
 use embassy_sync::blocking_mutex::Mutex;
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+use embassy_sync::channel::Channel as Queue;
 use embassy_time::{Duration, Instant, Timer, with_timeout};
 use esp_backtrace as _;
 use esp_hal::analog::adc::{Adc, AdcConfig, Attenuation};
@@ -123,18 +124,17 @@ const SCHEMA: &[Channel<'static>] = &[
 const OUTBOX: usize = 600;
 const IN_FLIGHT: usize = 4;
 
-/// What the measuring task and the network task share.
-struct Shared {
-    uplink: Uplink<OUTBOX, IN_FLIGHT>,
-    clock: ClockSync,
-}
+type MeterUplink = Uplink<OUTBOX, IN_FLIGHT>;
 
-static SHARED: Mutex<CriticalSectionRawMutex, RefCell<Option<Shared>>> =
-    Mutex::new(RefCell::new(None));
-
-fn with_shared<R>(f: impl FnOnce(&mut Shared) -> R) -> Option<R> {
-    SHARED.lock(|s| s.borrow_mut().as_mut().map(f))
-}
+/// New readings, from the measuring loop to the uplink task, which owns the
+/// outbox. The lock is held only to move one reading, so the radio's
+/// interrupts are never held off for long.
+static READINGS: Queue<CriticalSectionRawMutex, Reading, 16> = Queue::new();
+/// The clock sync, written by the clock task, read once per reading.
+static CLOCK: Mutex<CriticalSectionRawMutex, RefCell<ClockSync>> =
+    Mutex::new(RefCell::new(ClockSync::new()));
+/// The outbox lives in static memory (about 70 KiB), not on a task's stack.
+static UPLINK: StaticCell<MeterUplink> = StaticCell::new();
 
 #[esp_rtos::main]
 async fn main(spawner: Spawner) -> ! {
@@ -147,12 +147,7 @@ async fn main(spawner: Spawner) -> ! {
 
     let rng = Rng::new();
     let seed = rng.random();
-    SHARED.lock(|s| {
-        s.replace(Some(Shared {
-            uplink: Uplink::new(UplinkConfig::default(), seed),
-            clock: ClockSync::new(),
-        }))
-    });
+    let uplink = UPLINK.init(Uplink::new(UplinkConfig::default(), seed));
 
     println!("wattson meter {DEVICE_ID}: connecting to Wi-Fi `{SSID}`");
     let mut controller = match WifiController::new(peripherals.WIFI, Default::default()) {
@@ -187,7 +182,8 @@ async fn main(spawner: Spawner) -> ! {
     );
     spawner.spawn(wifi_task(controller).unwrap_or_else(|e| halt("spawn", e)));
     spawner.spawn(net_task(runner).unwrap_or_else(|e| halt("spawn", e)));
-    spawner.spawn(uplink_task(stack).unwrap_or_else(|e| halt("spawn", e)));
+    spawner.spawn(uplink_task(stack, uplink).unwrap_or_else(|e| halt("spawn", e)));
+    spawner.spawn(clock_task(stack).unwrap_or_else(|e| halt("spawn", e)));
 
     // The measuring loop runs here: ADC1 on GPIO0..4.
     let mut adc_config = AdcConfig::new();
@@ -233,17 +229,12 @@ async fn main(spawner: Spawner) -> ! {
                 let mut values = [0.0; MAX_CHANNELS];
                 let n = m.values(&mut values);
                 let local = Instant::now().as_millis();
-                with_shared(|s| {
-                    let ts = s.clock.utc_ms(local);
-                    if let Ok(r) = Reading::new(ts, seq, values.get(..n).unwrap_or_default())
-                        && s.uplink.push(r).is_some()
-                    {
-                        println!(
-                            "outbox full: dropped the oldest reading ({} so far)",
-                            s.uplink.outbox().dropped()
-                        );
-                    }
-                });
+                let ts = CLOCK.lock(|c| c.borrow().utc_ms(local));
+                if let Ok(r) = Reading::new(ts, seq, values.get(..n).unwrap_or_default())
+                    && READINGS.try_send(r).is_err()
+                {
+                    println!("the uplink task is behind: reading {seq} dropped");
+                }
                 seq = seq.wrapping_add(1);
             }
             Err(e) => println!("measurement failed: {e}"),
@@ -297,17 +288,28 @@ async fn resolve(stack: Stack<'static>, host: &str) -> Option<IpAddress> {
         .and_then(|a| a.first().copied())
 }
 
-/// One SNTP exchange with the configured server.
-async fn sync_clock(stack: Stack<'static>) {
+/// Sets the clock over SNTP at start and hourly after that (every ten
+/// seconds until the first exchange succeeds).
+#[embassy_executor::task]
+async fn clock_task(stack: Stack<'static>) {
+    loop {
+        stack.wait_config_up().await;
+        let ok = sync_clock(stack).await;
+        Timer::after_secs(if ok { 3600 } else { 10 }).await;
+    }
+}
+
+/// One SNTP exchange with the configured server; true if it was accepted.
+async fn sync_clock(stack: Stack<'static>) -> bool {
     let Some(server) = resolve(stack, NTP).await else {
         println!("SNTP: cannot resolve {NTP}");
-        return;
+        return false;
     };
     let (mut rx_meta, mut tx_meta) = ([PacketMetadata::EMPTY; 2], [PacketMetadata::EMPTY; 2]);
     let (mut rx, mut tx) = ([0u8; 128], [0u8; 128]);
     let mut socket = UdpSocket::new(stack, &mut rx_meta, &mut rx, &mut tx_meta, &mut tx);
     if socket.bind(0).is_err() {
-        return;
+        return false;
     }
     let t1 = Instant::now().as_millis();
     if socket
@@ -315,69 +317,88 @@ async fn sync_clock(stack: Stack<'static>) {
         .await
         .is_err()
     {
-        return;
+        return false;
     }
     let mut reply = [0u8; sntp::PACKET_LEN];
     let got = with_timeout(Duration::from_secs(2), socket.recv_from(&mut reply)).await;
     let t4 = Instant::now().as_millis();
-    if let Ok(Ok((n, _))) = got {
-        match sntp::parse_reply(reply.get(..n).unwrap_or_default(), t1) {
-            Ok((t2, t3)) => {
-                let offset = with_shared(|s| s.clock.update(t1, t2, t3, t4)).flatten();
-                println!("SNTP: offset {offset:?} ms");
-            }
-            Err(e) => println!("SNTP: {e}"),
+    let Ok(Ok((n, _))) = got else {
+        println!("SNTP: no answer from {NTP}");
+        return false;
+    };
+    match sntp::parse_reply(reply.get(..n).unwrap_or_default(), t1) {
+        Ok((t2, t3)) => {
+            let offset = CLOCK.lock(|c| c.borrow_mut().update(t1, t2, t3, t4));
+            println!("SNTP: offset {offset:?} ms");
+            offset.is_some()
+        }
+        Err(e) => {
+            println!("SNTP: {e}");
+            false
         }
     }
 }
 
 /// Keeps the MQTT connection up and drains the outbox through it.
 #[embassy_executor::task]
-async fn uplink_task(stack: Stack<'static>) {
-    let mut topic = heapless_topic();
+async fn uplink_task(stack: Stack<'static>, uplink: &'static mut MeterUplink) {
+    let mut topic = topic_buf();
     let (host, port) = match BROKER.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().unwrap_or(1883)),
         None => (BROKER, 1883),
     };
-    let mut last_sync: Option<u64> = None;
     let (mut rx, mut tx) = ([0u8; 1024], [0u8; 4096]);
     let mut payload = [0u8; 3072];
     let mut packet = [0u8; 3200];
     loop {
         stack.wait_config_up().await;
+        take_readings(uplink);
         let now = Instant::now().as_millis();
-        if last_sync.is_none_or(|t| now.saturating_sub(t) > 3_600_000) {
-            sync_clock(stack).await;
-            last_sync = Some(now);
-        }
-        let due = with_shared(|s| s.uplink.should_connect(now)).unwrap_or(false);
-        if !due {
+        if !uplink.should_connect(now) {
             Timer::after_millis(200).await;
             continue;
         }
         let Some(addr) = resolve(stack, host).await else {
-            lost("cannot resolve the broker");
+            lost(uplink, "cannot resolve the broker");
             continue;
         };
         let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
         socket.set_timeout(Some(Duration::from_secs(30)));
         if socket.connect(IpEndpoint::new(addr, port)).await.is_err() {
-            lost("TCP connect failed");
+            lost(uplink, "TCP connect failed");
             continue;
         }
-        if let Err(e) = session(&mut socket, topic.as_str(), &mut payload, &mut packet).await {
-            lost(e);
+        if let Err(e) = session(
+            &mut socket,
+            uplink,
+            topic.as_str(),
+            &mut payload,
+            &mut packet,
+        )
+        .await
+        {
+            lost(uplink, e);
         }
         socket.abort();
         let _ = socket.flush().await;
-        topic = heapless_topic();
+        topic = topic_buf();
     }
 }
 
-fn lost(why: &str) {
-    let now = Instant::now().as_millis();
-    if let Some(delay) = with_shared(|s| s.uplink.connection_lost(now)) {
-        println!("MQTT: {why}; next attempt in {delay} ms");
+fn lost(uplink: &mut MeterUplink, why: &str) {
+    let delay = uplink.connection_lost(Instant::now().as_millis());
+    println!("MQTT: {why}; next attempt in {delay} ms");
+}
+
+/// Moves new readings into the outbox.
+fn take_readings(uplink: &mut MeterUplink) {
+    while let Ok(r) = READINGS.try_receive() {
+        if uplink.push(r).is_some() {
+            println!(
+                "outbox full: dropped the oldest reading ({} so far)",
+                uplink.outbox().dropped()
+            );
+        }
     }
 }
 
@@ -405,7 +426,7 @@ impl core::fmt::Write for Topic {
     }
 }
 
-fn heapless_topic() -> Topic {
+fn topic_buf() -> Topic {
     let mut t = Topic {
         buf: [0; 128],
         len: 0,
@@ -499,6 +520,7 @@ async fn send(
 /// connection fails.
 async fn session(
     socket: &mut TcpSocket<'_>,
+    uplink: &mut MeterUplink,
     topic: &str,
     payload: &mut [u8],
     packet: &mut [u8],
@@ -526,15 +548,15 @@ async fn session(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("no CONNACK within 10 s"),
     }
-    with_shared(|s| s.uplink.connected());
+    uplink.connected();
     println!("MQTT: connected as {DEVICE_ID}");
     let mut pid = mqttrs::Pid::new();
     let mut last_sent = Instant::now();
     loop {
         // Publish what may go out now.
+        take_readings(uplink);
         loop {
-            let next =
-                with_shared(|s| s.uplink.next_message(SCHEMA, payload).ok().flatten()).flatten();
+            let next = uplink.next_message(SCHEMA, payload).ok().flatten();
             let Some((len, count)) = next else { break };
             let publish = mqttrs::Packet::Publish(mqttrs::Publish {
                 dup: false,
@@ -545,7 +567,7 @@ async fn session(
             });
             send(socket, &publish, packet).await?;
             pid = pid + 1;
-            with_shared(|s| s.uplink.published(count));
+            uplink.published(count);
             last_sent = Instant::now();
         }
         if Instant::now() - last_sent > Duration::from_secs(15) {
@@ -556,9 +578,9 @@ async fn session(
         if let Ok(r) = with_timeout(Duration::from_millis(250), rx.next(socket)).await
             && let Incoming::PubAck = r?
         {
-            with_shared(|s| s.uplink.puback(|_| {}));
+            uplink.puback(|_| {});
         }
-        if with_shared(|s| s.uplink.state()) != Some(LinkState::Up) {
+        if uplink.state() != LinkState::Up {
             return Err("uplink down");
         }
     }
