@@ -41,18 +41,13 @@ use wattson_firmware::reading::Channel;
 
 pub use credentials::{append_credentials, read_credentials};
 
-use crate::simdata::SEED_CHANNELS;
-
 /// 2022-07-04T00:00:00Z, a Monday: where every load model's clock starts.
 pub const MODEL_START_NS: i64 = 1_656_892_800_000_000_000;
 
 /// The seed's 17 channels with the seed's decimals (volts and watts one,
-/// amperes two).
+/// amperes two), as the firmware core names them.
 pub fn seed_schema() -> [Channel<'static>; 17] {
-    SEED_CHANNELS.map(|name| Channel {
-        name,
-        decimals: if name.ends_with("_a") { 2 } else { 1 },
-    })
+    wattson_firmware::reading::SEED_SCHEMA
 }
 
 /// How readings are produced.
@@ -292,3 +287,22 @@ pub fn run(cfg: &SimConfig, stop: Arc<AtomicBool>) -> Result<SimReport> {
 
 #[cfg(test)]
 mod tests;
+
+// The load model and the firmware name the seed's channels alike.
+const _: () = {
+    let (a, b) = (
+        crate::simdata::SEED_CHANNELS,
+        wattson_firmware::reading::SEED_SCHEMA,
+    );
+    let mut k = 0;
+    while k < a.len() {
+        let (x, y) = (a[k].as_bytes(), b[k].name.as_bytes());
+        assert!(x.len() == y.len());
+        let mut i = 0;
+        while i < x.len() {
+            assert!(x[i] == y[i]);
+            i += 1;
+        }
+        k += 1;
+    }
+};

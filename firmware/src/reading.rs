@@ -22,6 +22,32 @@ pub struct Channel<'a> {
 /// The channels of a meter, in the order of a reading's values.
 pub type Schema<'a> = &'a [Channel<'a>];
 
+const fn ch(name: &'static str, decimals: u8) -> Channel<'static> {
+    Channel { name, decimals }
+}
+
+/// The seed system's meter: three phase voltages, then current and power of
+/// the washer, fridge, two air conditioners, two heaters and a motor.
+pub const SEED_SCHEMA: [Channel<'static>; 17] = [
+    ch("pa_v", 1),
+    ch("pb_v", 1),
+    ch("pc_v", 1),
+    ch("wd_a", 2),
+    ch("wd_p", 1),
+    ch("rf_a", 2),
+    ch("rf_p", 1),
+    ch("ac01_a", 2),
+    ch("ac01_p", 1),
+    ch("rh01_a", 2),
+    ch("rh01_p", 1),
+    ch("mo_a", 2),
+    ch("mo_p", 1),
+    ch("ac02_a", 2),
+    ch("ac02_p", 1),
+    ch("rh02_a", 2),
+    ch("rh02_p", 1),
+];
+
 /// One reading of a meter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {

@@ -54,8 +54,17 @@ pub(crate) fn setup(data: &Path) -> String {
 
 /// The rows of table `power` as `wattson export` writes them (CSV, no header).
 fn exported_rows(data: &Path) -> Vec<String> {
+    export_csv(data, "power")
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `wattson export` of a whole table as CSV, header included.
+pub(crate) fn export_csv(data: &Path, table: &str) -> String {
     let out = wattson(data)
-        .args(["export", "--table", "power", "--format", "csv", "-"])
+        .args(["export", "--table", table, "--format", "csv", "-"])
         .output()
         .unwrap();
     assert!(
@@ -63,12 +72,7 @@ fn exported_rows(data: &Path) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(str::to_owned)
-        .collect()
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Starts the server and returns it with the port meters connect to.

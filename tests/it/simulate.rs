@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::serve::{free_port, setup, start_at, wattson};
+use crate::serve::{export_csv, free_port, setup, start_at, wattson};
 
 const DEVICES: usize = 3;
 
@@ -29,23 +29,7 @@ fn sigterm(pid: u32) {
 /// (device, time in ms) of every row of `power_consumption`, from
 /// `wattson export`.
 fn stored(data: &Path) -> Vec<(String, i64)> {
-    let out = wattson(data)
-        .args([
-            "export",
-            "--table",
-            "power_consumption",
-            "--format",
-            "csv",
-            "-",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = export_csv(data, "power_consumption");
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let (t, d) = (

@@ -72,28 +72,7 @@ impl Transport for Broker {
 
 #[test]
 fn a_blocking_meter_measures_buffers_and_catches_up() {
-    const SCHEMA: &[Channel<'static>] = &[
-        Channel {
-            name: "pa_v",
-            decimals: 1,
-        },
-        Channel {
-            name: "pb_v",
-            decimals: 1,
-        },
-        Channel {
-            name: "pc_v",
-            decimals: 1,
-        },
-        Channel {
-            name: "wd_a",
-            decimals: 2,
-        },
-        Channel {
-            name: "wd_p",
-            decimals: 1,
-        },
-    ];
+    const SCHEMA: &[Channel<'static>] = crate::reading::SEED_SCHEMA.split_at(5).0;
     let circuits = [Circuit {
         phase: 0,
         cal: CAL_I,
