@@ -194,6 +194,19 @@ pub fn run(cfg: &SimConfig, stop: Arc<AtomicBool>) -> Result<SimReport> {
     let totals = Arc::new(Totals::default());
     let started = std::time::Instant::now();
     let results = runtime.block_on(async {
+        if let Some(d) = cfg.duration {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                stop.store(true, Ordering::SeqCst);
+            });
+        }
+        // One shared copy of the settings, without the credentials: each
+        // meter gets only its own.
+        let shared = Arc::new(SimConfig {
+            credentials: Vec::new(),
+            ..cfg.clone()
+        });
         let mut tasks = Vec::with_capacity(cfg.devices);
         for (index, (id, secret)) in cfg.credentials.iter().take(cfg.devices).enumerate() {
             let dev = device::Device {
@@ -202,7 +215,7 @@ pub fn run(cfg: &SimConfig, stop: Arc<AtomicBool>) -> Result<SimReport> {
                 secret: secret.clone(),
                 host: host.clone(),
                 port,
-                cfg: cfg.clone(),
+                cfg: shared.clone(),
                 stop: stop.clone(),
                 totals: totals.clone(),
             };
@@ -240,13 +253,6 @@ pub fn run(cfg: &SimConfig, stop: Arc<AtomicBool>) -> Result<SimReport> {
                         "simulated meters: readings so far"
                     );
                 }
-            });
-        }
-        if let Some(d) = cfg.duration {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(d).await;
-                stop.store(true, Ordering::SeqCst);
             });
         }
         let mut out = Vec::with_capacity(tasks.len());

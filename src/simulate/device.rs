@@ -18,9 +18,10 @@ use super::waveform::WaveMeter;
 use super::{MODEL_START_NS, Mode, SimConfig, Totals, seed_schema};
 use crate::simdata::{MeterSim, SEED_TABLE};
 
-/// An hour of 1 Hz readings survives an outage, as on a board with PSRAM;
-/// the ESP32-C3 image keeps ten minutes.
-const OUTBOX: usize = 3600;
+/// Ten minutes of 1 Hz readings survive an outage, as on the ESP32-C3
+/// image; at about 120 bytes a reading that is 72 KB per meter, so a fleet
+/// of thousands still fits in memory.
+const OUTBOX: usize = 600;
 /// Messages in flight per meter.
 const IN_FLIGHT: usize = 8;
 /// The largest message: 60 readings of 17 channels.
@@ -99,7 +100,7 @@ pub(super) struct Device {
     pub(super) secret: String,
     pub(super) host: String,
     pub(super) port: u16,
-    pub(super) cfg: SimConfig,
+    pub(super) cfg: Arc<SimConfig>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) totals: Arc<Totals>,
 }
@@ -108,6 +109,17 @@ fn utc_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A connection attempt under way.
+type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Conn, String>> + Send>>;
+
+/// Waits for the attempt under way to finish, or forever without one.
+async fn attempt(connecting: &mut Option<Connecting>) -> Result<Conn, String> {
+    match connecting {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for the next event, or forever without a connection.
@@ -161,7 +173,11 @@ impl Device {
         let model_step_ns = (1e9 / cfg.rate_hz) as i64;
         let mut model_ns = MODEL_START_NS;
         let mut seq = 0u32;
-        let mut next_tick = Instant::now();
+        // A meter that falls behind skips measurements rather than taking
+        // several at once.
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut connecting: Option<Connecting> = None;
         let mut late: VecDeque<(Instant, Reading)> = VecDeque::new();
         let mut conn: Option<Conn> = None;
         let mut drain_until: Option<Instant> = None;
@@ -188,19 +204,16 @@ impl Device {
                 last_sync = Some(now);
             }
 
-            // Connect when the uplink says an attempt is due.
-            if conn.is_none() && uplink.should_connect(local_ms()) {
-                match connect(&id, &secret, &host, port).await {
-                    Ok(c) => {
-                        uplink.connected();
-                        tracing::debug!(device = %id, "connected");
-                        conn = Some(c);
-                    }
-                    Err(e) => {
-                        let delay = uplink.connection_lost(local_ms());
-                        tracing::debug!(device = %id, "connection failed: {e}; retrying in {delay} ms");
-                    }
-                }
+            // Start connecting when the uplink says an attempt is due. The
+            // attempt runs alongside measuring, as on a board: a slow broker
+            // must not stop the meter's clock.
+            if conn.is_none() && connecting.is_none() && uplink.should_connect(local_ms()) {
+                connecting = Some(Box::pin(connect(
+                    id.clone(),
+                    secret.clone(),
+                    host.clone(),
+                    port,
+                )));
             }
 
             // Publish what the uplink lets out.
@@ -220,8 +233,21 @@ impl Device {
 
             let generating = drain_until.is_none();
             tokio::select! {
-                _ = tokio::time::sleep_until(next_tick), if generating => {
-                    next_tick += period;
+                result = attempt(&mut connecting) => {
+                    connecting = None;
+                    match result {
+                        Ok(c) => {
+                            uplink.connected();
+                            tracing::debug!(device = %id, "connected");
+                            conn = Some(c);
+                        }
+                        Err(e) => {
+                            let delay = uplink.connection_lost(local_ms());
+                            tracing::debug!(device = %id, "connection failed: {e}; retrying in {delay} ms");
+                        }
+                    }
+                }
+                _ = ticks.tick(), if generating => {
                     let local = local_ms();
                     let values = source.values(model_ns);
                     model_ns += model_step_ns;
@@ -313,8 +339,8 @@ impl Device {
 }
 
 /// Opens an MQTT connection and waits for the CONNACK.
-async fn connect(id: &str, secret: &str, host: &str, port: u16) -> Result<Conn, String> {
-    let mut opts = MqttOptions::new(id, host, port);
+async fn connect(id: String, secret: String, host: String, port: u16) -> Result<Conn, String> {
+    let mut opts = MqttOptions::new(&id, host, port);
     opts.set_credentials(id, secret);
     opts.set_keep_alive(Duration::from_secs(30));
     // The outbox is the only memory of what is unacknowledged: a fresh
