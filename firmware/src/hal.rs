@@ -5,8 +5,13 @@
 //! [`Transport`] (an MQTT connection that publishes QoS 1 to the meter's
 //! topic and reports PUBACKs). [`Meter`] ties them to the measurement, the
 //! clock sync and the [`Uplink`]: each [`Meter::step`] measures one window,
-//! buffers the reading and moves the connection along. An async board (the
-//! ESP32-C3 image) drives the same pieces from its own tasks instead.
+//! buffers the reading and moves the connection along.
+//!
+//! The ESP32-C3 image and the simulator's waveform mode implement
+//! [`Sampler`] (the ADC, and a synthetic analogue front end). Both are
+//! async, so instead of the blocking [`Transport`] and [`Meter`] they drive
+//! [`Uplink`] from their own tasks (embassy-net and rumqttc sockets); the
+//! blocking pair serves boards with a blocking network stack, and the tests.
 
 use crate::clock::ClockSync;
 use crate::measure::{Energy, MeterConfig};

@@ -12,6 +12,7 @@ use std::f64::consts::PI;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use wattson_firmware::hal::Sampler;
 use wattson_firmware::measure::{Calibration, Circuit, MeterConfig};
 use wattson_firmware::reading::MAX_CHANNELS;
 use wattson_storage::Value;
@@ -52,45 +53,28 @@ const CIRCUITS: [Circuit; 7] = {
     c
 };
 
-/// A meter in waveform mode.
+/// The analogue front end of a simulated board: the firmware's
+/// [`Sampler`], filling windows with what the ADC would read for the loads
+/// in `truth`.
 #[derive(Debug)]
-pub(super) struct WaveMeter {
-    sim: MeterSim,
+struct Frontend {
+    /// The load model's values for this window, in seed order.
+    truth: Vec<f64>,
     rng: SmallRng,
     /// Bias error per channel, counts: the measurement must remove it.
     bias: [f64; CHANNELS],
-    window: Vec<u16>,
 }
 
-impl WaveMeter {
-    pub(super) fn new(device: &str, seed: u64) -> Self {
-        let mut rng = SmallRng::seed_from_u64(seed ^ 0x5741_5645);
-        let bias = std::array::from_fn(|_| rng.random_range(-20.0..20.0));
-        WaveMeter {
-            sim: MeterSim::new(device, seed),
-            rng,
-            bias,
-            window: vec![0; FRAMES * CHANNELS],
-        }
-    }
+impl Sampler for Frontend {
+    type Error = std::convert::Infallible;
 
-    /// The measured reading's 17 values at model time `model_ns`.
-    pub(super) fn values(&mut self, model_ns: i64) -> Vec<f32> {
-        let truth: Vec<f64> = self
-            .sim
-            .reading(SEED_TABLE, model_ns)
-            .values
-            .iter()
-            .map(|(_, v)| match v {
-                Value::F64(x) => *x,
-                _ => 0.0,
-            })
-            .collect();
+    fn sample(&mut self, window: &mut [u16]) -> Result<(), Self::Error> {
+        let truth = &self.truth;
         let volts = [0, 1, 2].map(|k| truth.get(k).copied().unwrap_or(230.0));
         // Line frequency wanders a little around 50 Hz.
         let f = 50.0 + self.rng.random_range(-0.05..0.05);
         let start = self.rng.random_range(0.0..2.0 * PI);
-        for (n, frame) in self.window.chunks_exact_mut(CHANNELS).enumerate() {
+        for (n, frame) in window.chunks_exact_mut(CHANNELS).enumerate() {
             let t = n as f64 / RATE_HZ;
             let w = 2.0 * PI * f * t + start;
             let mut x = [0.0f64; CHANNELS];
@@ -118,6 +102,46 @@ impl WaveMeter {
                 *slot = counts.round().clamp(0.0, 4095.0) as u16;
             }
         }
+        Ok(())
+    }
+}
+
+/// A meter in waveform mode.
+#[derive(Debug)]
+pub(super) struct WaveMeter {
+    sim: MeterSim,
+    frontend: Frontend,
+    window: Vec<u16>,
+}
+
+impl WaveMeter {
+    pub(super) fn new(device: &str, seed: u64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x5741_5645);
+        let bias = std::array::from_fn(|_| rng.random_range(-20.0..20.0));
+        WaveMeter {
+            sim: MeterSim::new(device, seed),
+            frontend: Frontend {
+                truth: Vec::new(),
+                rng,
+                bias,
+            },
+            window: vec![0; FRAMES * CHANNELS],
+        }
+    }
+
+    /// The measured reading's 17 values at model time `model_ns`.
+    pub(super) fn values(&mut self, model_ns: i64) -> Vec<f32> {
+        self.frontend.truth = self
+            .sim
+            .reading(SEED_TABLE, model_ns)
+            .values
+            .iter()
+            .map(|(_, v)| match v {
+                Value::F64(x) => *x,
+                _ => 0.0,
+            })
+            .collect();
+        let Ok(()) = self.frontend.sample(&mut self.window);
         let cfg = MeterConfig {
             sample_rate_hz: RATE_HZ as f32,
             phases: &[CAL_V; 3],
@@ -131,7 +155,7 @@ impl WaveMeter {
                 // a board would report that, and so do we.
                 out.get(..n).unwrap_or_default().to_vec()
             }
-            Err(_) => truth.iter().map(|&x| x as f32).collect(),
+            Err(_) => self.frontend.truth.iter().map(|&x| x as f32).collect(),
         }
     }
 }

@@ -28,8 +28,10 @@ use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::channel::Channel as Queue;
 use embassy_time::{Duration, Instant, Timer, with_timeout};
 use esp_backtrace as _;
-use esp_hal::analog::adc::{Adc, AdcConfig, Attenuation};
+use esp_hal::Blocking;
+use esp_hal::analog::adc::{Adc, AdcConfig, AdcPin, Attenuation};
 use esp_hal::clock::CpuClock;
+use esp_hal::peripherals::{ADC1, GPIO0, GPIO1, GPIO2, GPIO3, GPIO4};
 use esp_hal::rng::Rng;
 use esp_hal::timer::timg::TimerGroup;
 use esp_println::println;
@@ -37,6 +39,7 @@ use esp_radio::wifi::sta::StationConfig;
 use esp_radio::wifi::{AuthenticationMethodConfig, Config, Interface, WifiController};
 use static_cell::StaticCell;
 use wattson_firmware::clock::{ClockSync, sntp};
+use wattson_firmware::hal::Sampler;
 use wattson_firmware::measure::{Calibration, Circuit, MeterConfig};
 use wattson_firmware::reading::{Channel, MAX_CHANNELS, Reading};
 use wattson_firmware::uplink::{LinkState, Uplink, UplinkConfig};
@@ -187,12 +190,20 @@ async fn main(spawner: Spawner) -> ! {
 
     // The measuring loop runs here: ADC1 on GPIO0..4.
     let mut adc_config = AdcConfig::new();
-    let mut v = adc_config.enable_pin(peripherals.GPIO0, Attenuation::_11dB);
-    let mut i1 = adc_config.enable_pin(peripherals.GPIO1, Attenuation::_11dB);
-    let mut i2 = adc_config.enable_pin(peripherals.GPIO2, Attenuation::_11dB);
-    let mut i3 = adc_config.enable_pin(peripherals.GPIO3, Attenuation::_11dB);
-    let mut i4 = adc_config.enable_pin(peripherals.GPIO4, Attenuation::_11dB);
-    let mut adc = Adc::new(peripherals.ADC1, adc_config);
+    let v = adc_config.enable_pin(peripherals.GPIO0, Attenuation::_11dB);
+    let i1 = adc_config.enable_pin(peripherals.GPIO1, Attenuation::_11dB);
+    let i2 = adc_config.enable_pin(peripherals.GPIO2, Attenuation::_11dB);
+    let i3 = adc_config.enable_pin(peripherals.GPIO3, Attenuation::_11dB);
+    let i4 = adc_config.enable_pin(peripherals.GPIO4, Attenuation::_11dB);
+    let adc = Adc::new(peripherals.ADC1, adc_config);
+    let mut sampler = AdcSampler {
+        adc,
+        v,
+        i1,
+        i2,
+        i3,
+        i4,
+    };
     let meter = MeterConfig {
         sample_rate_hz: SAMPLE_RATE_HZ as f32,
         phases: &PHASES,
@@ -200,30 +211,11 @@ async fn main(spawner: Spawner) -> ! {
     };
     let mut window = [0u16; FRAMES * CHANNELS];
     let mut seq = 0u32;
-    let period = esp_hal::time::Duration::from_micros(1_000_000 / u64::from(SAMPLE_RATE_HZ));
     let mut next_second = Instant::now();
     loop {
-        // Sampling is paced by busy-waiting on the timer: 200 ms out of every
-        // second, during which the radio keeps running in esp-rtos threads
-        // and TCP buffers what arrives.
-        let mut due = esp_hal::time::Instant::now();
-        for frame in window.chunks_exact_mut(CHANNELS) {
-            while esp_hal::time::Instant::now() < due {}
-            due += period;
-            let read = |f: &mut dyn FnMut() -> nb::Result<u16, ()>| loop {
-                if let Ok(x) = f() {
-                    break x;
-                }
-            };
-            let samples = [
-                read(&mut || adc.read_oneshot(&mut v)),
-                read(&mut || adc.read_oneshot(&mut i1)),
-                read(&mut || adc.read_oneshot(&mut i2)),
-                read(&mut || adc.read_oneshot(&mut i3)),
-                read(&mut || adc.read_oneshot(&mut i4)),
-            ];
-            frame.copy_from_slice(&samples);
-        }
+        // 200 ms out of every second; the radio keeps running in esp-rtos
+        // threads meanwhile and TCP buffers what arrives.
+        let Ok(()) = sampler.sample(&mut window);
         match meter.measure(&window) {
             Ok(m) => {
                 let mut values = [0.0; MAX_CHANNELS];
@@ -241,6 +233,48 @@ async fn main(spawner: Spawner) -> ! {
         }
         next_second += Duration::from_secs(1);
         Timer::at(next_second).await;
+    }
+}
+
+/// ADC1 on GPIO0 (voltage) and GPIO1-4 (currents), one-shot conversions
+/// paced by the system timer at `SAMPLE_RATE_HZ` frames per second.
+struct AdcSampler {
+    adc: Adc<'static, ADC1<'static>, Blocking>,
+    v: AdcPin<GPIO0<'static>, ADC1<'static>>,
+    i1: AdcPin<GPIO1<'static>, ADC1<'static>>,
+    i2: AdcPin<GPIO2<'static>, ADC1<'static>>,
+    i3: AdcPin<GPIO3<'static>, ADC1<'static>>,
+    i4: AdcPin<GPIO4<'static>, ADC1<'static>>,
+}
+
+impl Sampler for AdcSampler {
+    type Error = core::convert::Infallible;
+
+    fn sample(&mut self, window: &mut [u16]) -> Result<(), Self::Error> {
+        let period = esp_hal::time::Duration::from_micros(1_000_000 / u64::from(SAMPLE_RATE_HZ));
+        let mut due = esp_hal::time::Instant::now();
+        let adc = &mut self.adc;
+        for frame in window.chunks_exact_mut(CHANNELS) {
+            // Busy-wait to the frame's time: a conversion takes tens of µs,
+            // a frame is 500 µs, and the window must be evenly spaced.
+            while esp_hal::time::Instant::now() < due {}
+            due += period;
+            // A one-shot conversion reports WouldBlock until it is done.
+            let read = |f: &mut dyn FnMut() -> nb::Result<u16, ()>| loop {
+                if let Ok(x) = f() {
+                    break x;
+                }
+            };
+            let samples = [
+                read(&mut || adc.read_oneshot(&mut self.v)),
+                read(&mut || adc.read_oneshot(&mut self.i1)),
+                read(&mut || adc.read_oneshot(&mut self.i2)),
+                read(&mut || adc.read_oneshot(&mut self.i3)),
+                read(&mut || adc.read_oneshot(&mut self.i4)),
+            ];
+            frame.copy_from_slice(&samples);
+        }
+        Ok(())
     }
 }
 
