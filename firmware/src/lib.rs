@@ -24,6 +24,8 @@
 //! - [`uplink`]: the connection state machine that ties the outbox, the
 //!   backoff and the encoder together, without doing I/O itself (sans-IO):
 //!   the board's async loop and the simulator's tokio task both drive it.
+//! - [`mqtt`]: MQTT 3.1.1 framing, so a board hands its packet codec only
+//!   whole packets.
 //! - [`hal`]: the traits a board implements (ADC sampler, monotonic clock,
 //!   MQTT transport) and [`hal::run_step`], one turn of a blocking meter
 //!   loop built on them.
@@ -42,6 +44,7 @@ pub mod backoff;
 pub mod clock;
 pub mod hal;
 pub mod measure;
+pub mod mqtt;
 pub mod outbox;
 pub mod payload;
 pub mod reading;
@@ -63,6 +66,10 @@ pub enum Error {
     /// A window of samples is too short to measure anything.
     #[error("a window of {samples} samples is too short to measure (need {min})")]
     WindowTooShort { samples: usize, min: usize },
+    /// An MQTT packet longer than the buffer meant for it, or with a
+    /// malformed length field.
+    #[error("an MQTT packet of {len} bytes does not fit in {max}")]
+    PacketTooLarge { len: usize, max: usize },
     /// An SNTP answer that is not a valid server reply.
     #[error("not a valid SNTP server reply: {reason}")]
     BadSntpPacket { reason: &'static str },

@@ -74,7 +74,13 @@ fn simulated_meters_with_faults_and_a_server_outage_lose_nothing_acknowledged() 
 
     let acked_log = dir.path().join("acked.csv");
     let sim = wattson(&data)
-        .args(["simulate", "--devices", &DEVICES.to_string(), "--rate", "20"])
+        .args([
+            "simulate",
+            "--devices",
+            &DEVICES.to_string(),
+            "--rate",
+            "20",
+        ])
         .args(["--broker", &format!("127.0.0.1:{port}")])
         .arg("--credentials")
         .arg(&creds)

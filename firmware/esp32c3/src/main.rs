@@ -487,29 +487,12 @@ impl Rx {
     /// Takes one whole packet off the front, if one is there.
     fn take(&mut self) -> Result<Option<Incoming>, &'static str> {
         let data = self.buf.get(..self.have).unwrap_or_default();
-        // Fixed header: type byte, then the remaining length as a varint.
-        let mut len = 0usize;
-        let mut header = 1;
-        loop {
-            let Some(&b) = data.get(header) else {
-                return Ok(None);
-            };
-            len |= usize::from(b & 0x7f) << (7 * (header - 1));
-            header += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-            if header > 4 {
-                return Err("malformed packet from the broker");
-            }
-        }
-        let total = header + len;
-        if total > self.buf.len() {
-            return Err("packet from the broker too large");
-        }
-        let Some(packet) = data.get(..total) else {
-            return Ok(None);
+        let total = match wattson_firmware::mqtt::frame_len(data, self.buf.len()) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err("malformed or oversized packet from the broker"),
         };
+        let packet = data.get(..total).unwrap_or_default();
         let incoming = match mqttrs::decode_slice(packet) {
             Ok(Some(mqttrs::Packet::Connack(c))) => Incoming::ConnAck {
                 accepted: c.code == mqttrs::ConnectReturnCode::Accepted,
