@@ -112,18 +112,21 @@ impl<'a, S: Sampler, C: Clock, T: Transport, const N: usize, const M: usize>
             for (e, c) in self.energy.iter_mut().zip(m.circuits()) {
                 e.add(c.real_w, u32::try_from(dt).unwrap_or(u32::MAX));
             }
-            let mut values = [0.0; MAX_CHANNELS];
-            let n = m.values(&mut values);
-            if let Ok(r) = Reading::new(
-                self.sync.utc_ms(now),
-                self.seq,
-                values.get(..n).unwrap_or_default(),
-            ) {
+            let mut all = [0.0; MAX_CHANNELS];
+            let n = m.values(&mut all);
+            let values = all.get(..n).unwrap_or_default();
+            let reading = match self.sync.utc_ms(now) {
+                Some(ts) => Reading::new(Some(ts), self.seq, values),
+                None => Reading::unstamped(now, self.seq, values),
+            };
+            if let Ok(r) = reading {
                 self.seq = self.seq.wrapping_add(1);
                 self.uplink.push(r);
                 report.measured = true;
             }
         }
+        let sync = &self.sync;
+        self.uplink.stamp(|local| sync.utc_ms(local));
         if self.uplink.should_connect(now) {
             match self.transport.connect() {
                 Ok(()) => self.uplink.connected(),

@@ -200,6 +200,26 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         done
     }
 
+    /// Gives every unstamped reading not yet sent its UTC time, where `utc`
+    /// knows it (see [`Reading::unstamped`]). Returns how many it stamped.
+    pub fn stamp(&mut self, utc: impl Fn(u64) -> Option<i64>) -> usize {
+        let mut stamped = 0;
+        for k in self.in_flight..self.len {
+            let slot = self.slot(k);
+            if let Some(Some(r)) = self.ring.get_mut(slot)
+                && r.stamp(&utc)
+            {
+                stamped += 1;
+            }
+        }
+        stamped
+    }
+
+    /// Whether the oldest unsent reading still waits for its UTC time.
+    pub fn next_is_unstamped(&self) -> bool {
+        self.get(self.in_flight).is_some_and(Reading::is_unstamped)
+    }
+
     /// The connection is gone: nothing in flight will be acknowledged, so
     /// all of it becomes unsent again, to go first after the reconnect.
     pub fn disconnected(&mut self) {

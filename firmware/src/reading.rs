@@ -57,6 +57,11 @@ pub struct Reading {
     /// Counts readings since the meter started. It goes on the wire as
     /// `seq`, so gaps (dropped readings) and resends are visible in the data.
     pub seq: u32,
+    /// The board's monotonic time of a reading taken before the clock was
+    /// synchronised, so that [`Reading::stamp`] can still give it its UTC
+    /// time. Without a `ts`, ingest would store a resent reading under a
+    /// new receive time, that is, twice.
+    local_ms: Option<u64>,
     len: u8,
     values: [f32; MAX_CHANNELS],
 }
@@ -73,10 +78,36 @@ impl Reading {
         Ok(Reading {
             ts_ms,
             seq,
+            local_ms: None,
             // MAX_CHANNELS < 256, checked by the slice above.
             len: values.len() as u8,
             values: out,
         })
+    }
+
+    /// A reading taken at the board's monotonic time `local_ms` before its
+    /// clock was synchronised; [`Reading::stamp`] gives it its UTC time later.
+    pub fn unstamped(local_ms: u64, seq: u32, values: &[f32]) -> Result<Self> {
+        let mut r = Reading::new(None, seq, values)?;
+        r.local_ms = Some(local_ms);
+        Ok(r)
+    }
+
+    /// Whether the reading still waits for its UTC time.
+    pub fn is_unstamped(&self) -> bool {
+        self.ts_ms.is_none() && self.local_ms.is_some()
+    }
+
+    /// Sets the UTC time of an unstamped reading from its local time, if
+    /// `utc` knows it (a `ClockSync::utc_ms`). Returns whether it did.
+    pub fn stamp(&mut self, utc: impl Fn(u64) -> Option<i64>) -> bool {
+        match (self.ts_ms, self.local_ms) {
+            (None, Some(local)) => {
+                self.ts_ms = utc(local);
+                self.ts_ms.is_some()
+            }
+            _ => false,
+        }
     }
 
     /// The values, in schema order.

@@ -11,6 +11,12 @@
 //!
 //! Live readings go out one per message as a JSON object; after a reconnect
 //! the backlog goes oldest first as JSON arrays of up to `batch_max`.
+//!
+//! Readings taken before the clock was known ([`Reading::unstamped`]) wait
+//! in the outbox until [`Uplink::stamp`] gives them their UTC time: sent
+//! without one, ingest would stamp them with its receive time, and a resend
+//! after a lost PUBACK would be stored a second time. A board that has given
+//! up on its time server lets them go with [`Uplink::send_unstamped`].
 
 use crate::Result;
 use crate::backoff::Backoff;
@@ -74,6 +80,8 @@ pub struct Uplink<const N: usize, const M: usize> {
     /// Readings that were in flight when the connection was last lost: the
     /// next ones sent are resends.
     resend_left: usize,
+    /// Whether unstamped readings may go out without a time.
+    send_unstamped: bool,
 }
 
 impl<const N: usize, const M: usize> Uplink<N, M> {
@@ -86,6 +94,7 @@ impl<const N: usize, const M: usize> Uplink<N, M> {
             cfg,
             stats: UplinkStats::default(),
             resend_left: 0,
+            send_unstamped: false,
         }
     }
 
@@ -105,6 +114,18 @@ impl<const N: usize, const M: usize> Uplink<N, M> {
     /// the outbox was full.
     pub fn push(&mut self, r: Reading) -> Option<Reading> {
         self.outbox.push(r)
+    }
+
+    /// Gives waiting unstamped readings their UTC time where `utc` (a
+    /// `ClockSync::utc_ms`) knows it; returns how many it stamped.
+    pub fn stamp(&mut self, utc: impl Fn(u64) -> Option<i64>) -> usize {
+        self.outbox.stamp(utc)
+    }
+
+    /// Lets unstamped readings go without a time (true), or holds them until
+    /// [`Uplink::stamp`] (false, the default).
+    pub fn send_unstamped(&mut self, yes: bool) {
+        self.send_unstamped = yes;
     }
 
     /// Whether a connection attempt is due at local time `now_ms`; if so the
@@ -153,6 +174,10 @@ impl<const N: usize, const M: usize> Uplink<N, M> {
         if self.state != LinkState::Up || !self.outbox.can_send() {
             return Ok(None);
         }
+        let hold = !self.send_unstamped;
+        if hold && self.outbox.next_is_unstamped() {
+            return Ok(None);
+        }
         if self.outbox.unsent() == 1 {
             let mut one = self.outbox.next_batch(1);
             return match one.next() {
@@ -160,7 +185,10 @@ impl<const N: usize, const M: usize> Uplink<N, M> {
                 None => Ok(None),
             };
         }
-        let batch = self.outbox.next_batch(self.cfg.batch_max.max(1));
+        let batch = self
+            .outbox
+            .next_batch(self.cfg.batch_max.max(1))
+            .take_while(|r| !(hold && r.is_unstamped()));
         payload::encode_batch(schema, batch, self.cfg.batch_max.max(1), buf).map(Some)
     }
 

@@ -221,8 +221,14 @@ async fn main(spawner: Spawner) -> ! {
                 let mut values = [0.0; MAX_CHANNELS];
                 let n = m.values(&mut values);
                 let local = Instant::now().as_millis();
-                let ts = CLOCK.lock(|c| c.borrow().utc_ms(local));
-                if let Ok(r) = Reading::new(ts, seq, values.get(..n).unwrap_or_default())
+                let values = values.get(..n).unwrap_or_default();
+                // Before the first SNTP answer a reading keeps its board time,
+                // and the uplink task stamps it once the clock is known.
+                let reading = match CLOCK.lock(|c| c.borrow().utc_ms(local)) {
+                    Some(ts) => Reading::new(Some(ts), seq, values),
+                    None => Reading::unstamped(local, seq, values),
+                };
+                if let Ok(r) = reading
                     && READINGS.try_send(r).is_err()
                 {
                     println!("the uplink task is behind: reading {seq} dropped");
@@ -424,7 +430,12 @@ fn lost(uplink: &mut MeterUplink, why: &str) {
     println!("MQTT: {why}; next attempt in {delay} ms");
 }
 
-/// Moves new readings into the outbox.
+/// Without a time server for this long, readings go out without `ts`
+/// (ingest stamps them on arrival; a resend may then be stored twice).
+const CLOCK_PATIENCE_MS: u64 = 5 * 60 * 1000;
+
+/// Moves new readings into the outbox and stamps those taken before the
+/// clock was known.
 fn take_readings(uplink: &mut MeterUplink) {
     while let Ok(r) = READINGS.try_receive() {
         if uplink.push(r).is_some() {
@@ -434,6 +445,11 @@ fn take_readings(uplink: &mut MeterUplink) {
             );
         }
     }
+    let synced = CLOCK.lock(|c| c.borrow().is_synced());
+    if synced {
+        uplink.stamp(|local| CLOCK.lock(|c| c.borrow().utc_ms(local)));
+    }
+    uplink.send_unstamped(!synced && Instant::now().as_millis() > CLOCK_PATIENCE_MS);
 }
 
 /// `meters/{id}/{table}` in a fixed buffer.

@@ -92,26 +92,35 @@ fn a_blocking_meter_measures_buffers_and_catches_up() {
     let mut meter = Meter::new(Synth, Tick(time.clone()), broker, cfg, SCHEMA, uplink);
     let mut window = [0u16; 400 * 4];
     let mut buf = [0u8; 4096];
-    // Five seconds with the broker down, then five with it up.
+    // Five seconds with the broker down, then five with it up, but no
+    // clock yet: the readings wait for their time.
     for s in 0..10u64 {
         time.set(s * 1000);
         up.set(s >= 5);
         let r = meter.step(&mut window, &mut buf);
         assert!(r.measured);
+        assert_eq!(r.published, 0);
     }
+    // The SNTP answer arrives: board time 0 was UTC 1_700_000_000_000.
+    meter
+        .sync
+        .update(10_000, 1_700_000_010_000, 1_700_000_010_000, 10_000);
     time.set(10_000);
     meter.step(&mut window, &mut buf);
+    time.set(11_000);
+    meter.step(&mut window, &mut buf);
     // Acks are taken before publishing, so the last reading is still in flight.
-    assert_eq!(meter.uplink.stats().readings_acked, 10);
+    assert_eq!(meter.uplink.stats().readings_acked, 11);
     assert_eq!(meter.uplink.outbox().len(), 1);
     let first = std::str::from_utf8(&meter.transport.published[0]).unwrap();
     assert!(
         first.starts_with(
-            r#"[{"seq":0,"pa_v":230.0,"pb_v":230.0,"pc_v":230.0,"wd_a":4.00,"wd_p":91"#
+            r#"[{"ts":1700000000000,"seq":0,"pa_v":230.0,"pb_v":230.0,"pc_v":230.0,"wd_a":4.00,"wd_p":91"#
         ),
         "{first}"
     );
-    // 920 W for 10 s of windows.
+    assert!(first.contains(r#"{"ts":1700000009000,"seq":9,"#), "{first}");
+    // 920 W for 11 s of windows.
     let wh = meter.energy[0].wh();
-    assert!((wh - 920.0 * 10.0 / 3600.0).abs() < 0.02, "{wh}");
+    assert!((wh - 920.0 * 11.0 / 3600.0).abs() < 0.02, "{wh}");
 }

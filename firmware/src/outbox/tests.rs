@@ -170,3 +170,35 @@ fn a_full_outbox_drops_the_oldest_and_counts() {
     assert_eq!(ob.ack(|_| std::panic!("nothing left to acknowledge")), 0);
     assert_eq!(ob.messages_in_flight(), 0);
 }
+
+#[test]
+fn unstamped_readings_get_their_time_once_the_clock_is_known() {
+    let mut ob: Outbox<8, 2> = Outbox::new();
+    for s in 0..3 {
+        ob.push(Reading::unstamped(1000 * u64::from(s), s, &[230.0]).unwrap());
+    }
+    assert!(ob.next_is_unstamped());
+    // Not yet synchronised: nothing changes.
+    assert_eq!(ob.stamp(|_| None), 0);
+    assert!(ob.next_is_unstamped());
+    let utc = |local: u64| Some(1_700_000_000_000 + local as i64);
+    assert_eq!(ob.stamp(utc), 3);
+    assert!(!ob.next_is_unstamped());
+    let ts: Vec<Option<i64>> = ob.next_batch(8).map(|r| r.ts_ms).collect();
+    assert_eq!(
+        ts,
+        [
+            Some(1_700_000_000_000),
+            Some(1_700_000_001_000),
+            Some(1_700_000_002_000)
+        ]
+    );
+    // Stamped readings stay as they are.
+    assert_eq!(ob.stamp(|_| Some(0)), 0);
+    // A reading made without a local time is sent as it is (ingest stamps
+    // it), never held.
+    ob.push(reading(9));
+    let mut plain = Reading::new(None, 10, &[1.0]).unwrap();
+    assert!(!plain.is_unstamped());
+    assert!(!plain.stamp(utc));
+}

@@ -90,3 +90,39 @@ fn failed_attempts_back_off_until_one_succeeds() {
     up.connection_lost(now);
     assert!(up.connection_lost(now) <= 1000);
 }
+
+#[test]
+fn unstamped_readings_wait_for_the_clock_unless_released() {
+    let mut up: Uplink<16, 2> = Uplink::new(UplinkConfig::default(), 5);
+    let mut buf = [0u8; 1024];
+    assert!(up.should_connect(0));
+    up.connected();
+    up.push(Reading::unstamped(100, 0, &[230.0]).unwrap());
+    up.push(Reading::unstamped(1100, 1, &[230.0]).unwrap());
+    assert!(up.next_message(SCHEMA, &mut buf).unwrap().is_none());
+    assert_eq!(up.stamp(|l| Some(1_700_000_000_000 + l as i64)), 2);
+    let (n, count) = up.next_message(SCHEMA, &mut buf).unwrap().unwrap();
+    assert_eq!(count, 2);
+    assert!(
+        std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .starts_with(r#"[{"ts":1700000000100,"seq":0"#)
+    );
+    up.published(count);
+    // A stamped reading goes; an unstamped one behind it waits.
+    up.push(reading(2));
+    up.push(Reading::unstamped(3100, 3, &[230.0]).unwrap());
+    let (_, count) = up.next_message(SCHEMA, &mut buf).unwrap().unwrap();
+    assert_eq!(count, 1);
+    up.published(count);
+    assert!(up.next_message(SCHEMA, &mut buf).unwrap().is_none());
+    // A board that gave up on its time server lets it go without `ts`
+    // (once a message slot is free again).
+    assert_eq!(up.puback(|_| {}), 2);
+    up.send_unstamped(true);
+    let (n, _) = up.next_message(SCHEMA, &mut buf).unwrap().unwrap();
+    assert_eq!(
+        std::str::from_utf8(&buf[..n]).unwrap(),
+        r#"{"seq":3,"pa_v":230.0}"#
+    );
+}
