@@ -214,6 +214,12 @@ fn blocking_meter_stores_every_reading_once_across_a_server_outage() {
         assert!(!r.measured);
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Stop the server before any assertion, so a failure leaves no process.
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.wait().unwrap().success());
     assert_eq!(measured, 30);
     assert!(
         meter.uplink.outbox().is_empty(),
@@ -226,11 +232,6 @@ fn blocking_meter_stores_every_reading_once_across_a_server_outage() {
     // 4 A at 230 V for 30 windows 100 ms apart: energy was integrated.
     assert!(meter.energy[0].wh() > 0.0);
 
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(server.wait().unwrap().success());
     let csv = export_csv(&data, "power");
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
