@@ -104,11 +104,12 @@ fn simulated_meters_with_faults_and_a_server_outage_lose_nothing_acknowledged() 
     let (mut server, _) = start_at(&data, port);
 
     let out = sim.wait_with_output().unwrap();
+    // Stop the server before any assertion, so a failure leaves no process.
+    sigterm(server.id());
+    assert!(server.wait().unwrap().success());
     assert!(out.status.success(), "simulate failed");
     assert!(started.elapsed() < Duration::from_secs(60));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    sigterm(server.id());
-    assert!(server.wait().unwrap().success());
 
     // The report is consistent with the log, and the faults happened.
     let log = std::fs::read_to_string(&acked_log).unwrap();
