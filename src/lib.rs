@@ -5,9 +5,12 @@
 //! integration tests share one implementation:
 //!
 //! - [`bench`] runs `wattson bench storage`.
+//! - [`demo`] runs `wattson demo`: the server plus simulated meters.
 //! - [`serve`] runs `wattson serve` and holds its configuration.
 //! - [`simdata`] generates realistic meter readings in the seed system's
 //!   shape, for `wattson simulate`, `wattson bench` and tests.
+//! - [`simulate`] runs `wattson simulate`: virtual meters built on the
+//!   firmware core (`wattson-firmware`), publishing over real MQTT.
 //! - [`import`] turns CSV and Parquet files into [`Reading`]s in bounded
 //!   chunks, for `wattson import`.
 //! - [`sql`] runs `wattson sql`.
@@ -17,8 +20,10 @@
 //! [`Reading`]: wattson_storage::model::Reading
 
 pub mod bench;
+pub mod demo;
 pub mod export;
 pub mod import;
 pub mod serve;
 pub mod simdata;
 pub mod sql;
+pub mod simulate;

@@ -80,6 +80,80 @@ enum Command {
     /// Manage meters that may publish readings over MQTT.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Run simulated meters against a Wattson server over MQTT.
+    ///
+    /// Each meter runs the firmware core (payload, store and forward,
+    /// reconnect with backoff, clock sync) on realistic household loads. The
+    /// meters must exist on the server: `wattson device add ID --credentials
+    /// FILE` creates one and appends `ID SECRET` to FILE, which this command
+    /// reads. Same --seed, same values. Prints a JSON summary at the end.
+    Simulate(SimulateArgs),
+    /// Start the server with demo accounts and simulated meters, so that
+    /// live data flows within seconds. Prints the credentials once.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Number of meters; the first N entries of --credentials are used.
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
+    /// Readings per second per meter.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// The server's meter listener.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Meter ids and secrets, one `ID SECRET` per line (as written by
+    /// `wattson device add ID --credentials FILE`).
+    #[arg(long)]
+    credentials: PathBuf,
+    /// Seed of the load models.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Faults to inject, comma-separated: disconnect, skew, duplicate, late,
+    /// burst, malformed, or all.
+    #[arg(long, default_value = "none")]
+    faults: wattson::simulate::Faults,
+    /// `reading`: values straight from the load model (thousands of meters);
+    /// `waveform`: synthetic ADC samples through the firmware's measurement
+    /// code (a few meters).
+    #[arg(long, value_enum, default_value = "reading")]
+    mode: wattson::simulate::Mode,
+    /// The table the meters publish to.
+    #[arg(long, default_value = "power_consumption")]
+    table: String,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds to wait for unacknowledged readings after stopping.
+    #[arg(long, default_value_t = 10.0)]
+    drain: f64,
+    /// Write `device,ts_ms,seq` of every acknowledged reading to this file.
+    #[arg(long)]
+    acked_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Keep the demo's data in this directory (default: a temporary one,
+    /// deleted at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Number of simulated meters.
+    #[arg(long, default_value_t = 3)]
+    devices: usize,
+    /// How the meters produce readings (see `wattson simulate --help`).
+    #[arg(long, value_enum, default_value = "waveform")]
+    mode: wattson::simulate::Mode,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where meters connect.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_listen: std::net::SocketAddr,
+    /// Where people subscribe to live readings.
+    #[arg(long, default_value = "127.0.0.1:1884")]
+    subscribers_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,7 +186,13 @@ enum UserCommand {
 enum DeviceCommand {
     /// Add a meter and print its new random secret once: store it on the
     /// meter, it cannot be shown again.
-    Add { id: String },
+    Add {
+        id: String,
+        /// Also append `ID SECRET` to this file (created with mode 0600),
+        /// for `wattson simulate --credentials FILE`.
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+    },
     /// List meters.
     List,
     /// Remove a meter; it can no longer connect.
@@ -305,6 +385,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::User(cmd) => user_cmd(&cli.data_dir, cmd),
+        Command::Simulate(args) => simulate_cmd(args),
+        Command::Demo(args) => wattson::demo::run(&wattson::demo::DemoConfig {
+            dir: args.dir,
+            devices: args.devices,
+            mode: args.mode,
+            seed: args.seed,
+            meters_listen: args.mqtt_listen,
+            subscribers_listen: args.subscribers_listen,
+        }),
         Command::Device(cmd) => device_cmd(&cli.data_dir, cmd),
         Command::Bench(BenchCommand::Ingest {
             devices,
@@ -370,6 +459,30 @@ fn run(cli: Cli) -> Result<()> {
             json,
         ),
     }
+}
+
+fn simulate_cmd(args: SimulateArgs) -> Result<()> {
+    let secs = |x: f64, what: &str| -> Result<std::time::Duration> {
+        std::time::Duration::try_from_secs_f64(x)
+            .map_err(|_| anyhow::anyhow!("--{what} must be a non-negative number of seconds"))
+    };
+    let cfg = wattson::simulate::SimConfig {
+        broker: args.broker,
+        credentials: wattson::simulate::read_credentials(&args.credentials)?,
+        devices: args.devices,
+        rate_hz: args.rate,
+        seed: args.seed,
+        mode: args.mode,
+        faults: args.faults,
+        table: args.table,
+        duration: args.duration.map(|d| secs(d, "duration")).transpose()?,
+        drain: secs(args.drain, "drain")?,
+        acked_log: args.acked_log,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let report = wattson::simulate::run(&cfg, stop)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 fn open_store(data_dir: &std::path::Path) -> Result<Store> {
@@ -582,8 +695,12 @@ fn user_cmd(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
 fn device_cmd(data_dir: &std::path::Path, cmd: DeviceCommand) -> Result<()> {
     let users = UserStore::open(data_dir)?;
     match cmd {
-        DeviceCommand::Add { id } => {
+        DeviceCommand::Add { id, credentials } => {
             let secret = users.add_device(&id)?;
+            if let Some(path) = credentials {
+                wattson::simulate::append_credentials(&path, &id, &secret)?;
+                eprintln!("appended `{id}` to {}", path.display());
+            }
             eprintln!(
                 "added meter `{id}`; its MQTT username is `{id}` and its password is printed below, once:"
             );

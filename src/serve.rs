@@ -166,6 +166,23 @@ impl Config {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(data_dir: &Path, config: Config) -> Result<()> {
+    run_with(data_dir, config, Box::new(|_| {}))
+}
+
+/// Where a started server listens, for [`run_with`]'s callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    pub meters: std::net::SocketAddr,
+    pub subscribers: std::net::SocketAddr,
+}
+
+/// [`run`], calling `on_ready` once both listeners are up (`wattson demo`
+/// starts its simulated meters from there).
+pub fn run_with(
+    data_dir: &Path,
+    config: Config,
+    on_ready: Box<dyn FnOnce(Listening) + Send>,
+) -> Result<()> {
     if config.storage.group_commit_ms > 10 {
         bail!(
             "storage.group_commit_ms is {}; at most 10 is allowed",
@@ -197,7 +214,7 @@ pub fn run(data_dir: &Path, config: Config) -> Result<()> {
         .thread_name("wattson-io")
         .build()
         .context("starting the async runtime")?;
-    let served = runtime.block_on(serve(store.clone(), users, config));
+    let served = runtime.block_on(serve(store.clone(), users, config, on_ready));
     // Whatever happened, seal what is buffered; acknowledged readings are
     // in the WAL either way.
     let closed = store.close();
@@ -207,7 +224,12 @@ pub fn run(data_dir: &Path, config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn serve(store: Arc<Store>, users: Arc<UserStore>, config: Config) -> Result<()> {
+async fn serve(
+    store: Arc<Store>,
+    users: Arc<UserStore>,
+    config: Config,
+    on_ready: Box<dyn FnOnce(Listening) + Send>,
+) -> Result<()> {
     let verifier = Verifier::new(users).context("starting the password verifier")?;
     let mut broker = LiveBroker::start(
         RouterSettings {
@@ -245,6 +267,10 @@ async fn serve(store: Arc<Store>, users: Arc<UserStore>, config: Config) -> Resu
     .await
     .context("starting the MQTT listener")?;
     tracing::info!(listen = %mqtt.local_addr(), "meters listening (MQTT)");
+    on_ready(Listening {
+        meters: mqtt.local_addr(),
+        subscribers: broker.listen_addr(),
+    });
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections, finishing acknowledged work");

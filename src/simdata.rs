@@ -10,10 +10,15 @@
 //!   (like the seed) and 232 V, sag a little under load and carry small
 //!   sensor noise.
 //! - Appliances switch on and off with their own run and pause lengths (the
-//!   fridge compressor cycles every half hour, air conditioners run for hours
-//!   at about 2200 W, the washer heats first and then tumbles). While on, the
-//!   load varies smoothly, motors draw an inrush current at switch-on, and
-//!   every value carries a little noise. Off is exactly `0.0`.
+//!   fridge compressor cycles every half hour, the washer heats first and
+//!   then tumbles). People are home more in the evening and at weekends
+//!   ([`occupancy`]): the washer, heaters and the pump start more often then.
+//!   The air conditioners follow a thermostat: the room warms towards a
+//!   daily outdoor temperature curve (20 °C at 3:00, 34 °C at 15:00) and
+//!   the unit cools it back to 24 °C while someone is home, 28 °C otherwise.
+//!   While on, the load varies smoothly, motors draw an inrush current at
+//!   switch-on, and every value carries a little noise. Off is exactly `0.0`,
+//!   except for the washer, whose electronics draw 1.2 W of standby.
 //! - Current is power divided by the reported voltage of the circuit's phase.
 //!   Voltage and power have one decimal, current two, as in the seed.
 //!
@@ -69,6 +74,23 @@ struct Profile {
     /// A heating stage at the start of each run: (length s, power W). Washers
     /// heat the water first and then tumble at low power.
     heat: Option<(f64, f64)>,
+    /// How the appliance decides to run.
+    control: Control,
+    /// Power drawn while off, W (electronics on standby).
+    standby_w: f64,
+}
+
+/// What switches an appliance on and off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Control {
+    /// Random run and pause lengths from the profile (a compressor's own
+    /// cycle).
+    Cycle,
+    /// Like `Cycle`, but pauses shorten while people are home: someone
+    /// starts the washer or a heater.
+    Occupancy,
+    /// A thermostat cooling a room (air conditioners).
+    Thermostat,
 }
 
 const MIN: f64 = 60.0;
@@ -88,6 +110,8 @@ const PROFILES: [Profile; 7] = [
         wander: 0.25,
         wander_tau_s: 20.0,
         heat: Some((15.0 * MIN, 2000.0)),
+        control: Control::Occupancy,
+        standby_w: 1.2,
     },
     // rf: fridge compressor cycling.
     Profile {
@@ -100,6 +124,8 @@ const PROFILES: [Profile; 7] = [
         wander: 0.04,
         wander_tau_s: 300.0,
         heat: None,
+        control: Control::Cycle,
+        standby_w: 0.0,
     },
     // ac01: air conditioner, long runs at ~2200 W (seed: 2207.8 W).
     Profile {
@@ -112,6 +138,8 @@ const PROFILES: [Profile; 7] = [
         wander: 0.03,
         wander_tau_s: 120.0,
         heat: None,
+        control: Control::Thermostat,
+        standby_w: 0.0,
     },
     // rh01: resistive heater.
     Profile {
@@ -124,6 +152,8 @@ const PROFILES: [Profile; 7] = [
         wander: 0.01,
         wander_tau_s: 600.0,
         heat: None,
+        control: Control::Occupancy,
+        standby_w: 0.0,
     },
     // mo: motor (pump), short runs with a strong inrush.
     Profile {
@@ -136,6 +166,8 @@ const PROFILES: [Profile; 7] = [
         wander: 0.05,
         wander_tau_s: 30.0,
         heat: None,
+        control: Control::Occupancy,
+        standby_w: 0.0,
     },
     // ac02: second air conditioner.
     Profile {
@@ -148,6 +180,8 @@ const PROFILES: [Profile; 7] = [
         wander: 0.03,
         wander_tau_s: 120.0,
         heat: None,
+        control: Control::Thermostat,
+        standby_w: 0.0,
     },
     // rh02: second heater.
     Profile {
@@ -160,6 +194,8 @@ const PROFILES: [Profile; 7] = [
         wander: 0.01,
         wander_tau_s: 600.0,
         heat: None,
+        control: Control::Occupancy,
+        standby_w: 0.0,
     },
 ];
 
@@ -228,7 +264,55 @@ struct Appliance {
     run_s: f64,
     /// Slow load variation while on, a multiplier around 1.
     load: Wander,
+    /// Room temperature, °C (thermostat-controlled appliances only).
+    room_c: f64,
+    /// Thermostat setpoint while someone is home, °C; 4 °C more otherwise.
+    setpoint_c: f64,
 }
+
+/// What the household is doing at one moment of model time.
+#[derive(Debug, Clone, Copy)]
+struct Env {
+    /// 0 (nobody home or asleep) to 1 (everybody home and awake).
+    occupancy: f64,
+    outdoor_c: f64,
+}
+
+impl Env {
+    fn at(time_ns: i64) -> Env {
+        let secs = time_ns.div_euclid(NS_PER_S);
+        let hour = secs.rem_euclid(86_400) as f64 / HOUR;
+        Env {
+            occupancy: occupancy(time_ns),
+            outdoor_c: 27.0 + 7.0 * (2.0 * std::f64::consts::PI * (hour - 9.0) / 24.0).sin(),
+        }
+    }
+}
+
+/// How many people are home and awake, 0 to 1, by hour and weekday (UTC
+/// stands in for local time): weekday mornings and evenings, most of the
+/// weekend day, little at night.
+pub fn occupancy(time_ns: i64) -> f64 {
+    let secs = time_ns.div_euclid(NS_PER_S);
+    let day = secs.div_euclid(86_400);
+    // 1970-01-01 was a Thursday; 0 is Monday.
+    let weekday = (day + 3).rem_euclid(7);
+    let hour = secs.rem_euclid(86_400) / 3600;
+    match (weekday >= 5, hour) {
+        (_, 0..=5) => 0.1,
+        (false, 6..=7) => 0.8,
+        (false, 8..=16) => 0.2,
+        (false, 17..=22) => 1.0,
+        (true, 6..=7) => 0.3,
+        (true, 8..=22) => 0.9,
+        _ => 0.4,
+    }
+}
+
+/// Cooling of a running air conditioner and the time constant of the
+/// room's warming towards the outdoor temperature.
+const COOLING_C_PER_S: f64 = 5.0 / HOUR;
+const ROOM_TAU_S: f64 = 3.0 * HOUR;
 
 impl Appliance {
     fn new(profile: Profile, rng: &mut SmallRng) -> Self {
@@ -249,28 +333,39 @@ impl Appliance {
             // A run already going at the start is past its heating stage.
             run_s: if on { elapsed + 24.0 * HOUR } else { 0.0 },
             load: Wander::new(1.0, profile.wander, profile.wander_tau_s, rng),
+            room_c: rng.random_range(23.0..28.0),
+            setpoint_c: rng.random_range(23.0..25.0),
         }
     }
 
     /// Advances by `dt_s` seconds and returns the true power drawn, W.
-    fn step(&mut self, dt_s: f64, rng: &mut SmallRng) -> f64 {
-        self.left_s -= dt_s;
+    fn step(&mut self, dt_s: f64, env: Env, rng: &mut SmallRng) -> f64 {
         self.run_s += dt_s;
-        while self.left_s <= 0.0 {
-            self.on = !self.on;
-            let (lo, hi) = if self.on {
-                self.profile.on_s
-            } else {
-                self.profile.off_s
-            };
-            if self.on {
-                self.run_s = -self.left_s;
+        if self.profile.control == Control::Thermostat {
+            self.thermostat(dt_s, env);
+        } else {
+            self.left_s -= dt_s;
+            while self.left_s <= 0.0 {
+                self.on = !self.on;
+                let (lo, hi) = if self.on {
+                    self.profile.on_s
+                } else {
+                    self.profile.off_s
+                };
+                if self.on {
+                    self.run_s = -self.left_s;
+                }
+                let mut length = rng.random_range(lo..=hi);
+                if !self.on && self.profile.control == Control::Occupancy {
+                    // People at home start things sooner.
+                    length /= 0.4 + 1.2 * env.occupancy;
+                }
+                self.left_s += length;
             }
-            self.left_s += rng.random_range(lo..=hi);
         }
         let load = self.load.step(dt_s, rng);
         if !self.on {
-            return 0.0;
+            return self.profile.standby_w;
         }
         let base = match self.profile.heat {
             Some((heat_s, heat_w)) if self.run_s < heat_s => heat_w,
@@ -284,6 +379,32 @@ impl Appliance {
         let noise = 1.0 + 0.003 * normal(rng);
         // A running appliance never reads as off.
         (base * load.max(0.2) * inrush * noise).max(0.1)
+    }
+
+    /// Moves the room temperature on by `dt_s` and switches on above the
+    /// setpoint's band, off below it. Long gaps are stepped a minute at a
+    /// time so the room cannot overshoot.
+    fn thermostat(&mut self, dt_s: f64, env: Env) {
+        let setpoint = if env.occupancy >= 0.5 {
+            self.setpoint_c
+        } else {
+            self.setpoint_c + 4.0
+        };
+        let mut left = dt_s;
+        while left > 0.0 {
+            let dt = left.min(60.0);
+            left -= dt;
+            self.room_c += dt * (env.outdoor_c - self.room_c) / ROOM_TAU_S;
+            if self.on {
+                self.room_c -= dt * COOLING_C_PER_S;
+            }
+            if self.on && self.room_c < setpoint - 0.5 {
+                self.on = false;
+            } else if !self.on && self.room_c > setpoint + 0.5 {
+                self.on = true;
+                self.run_s = 0.0;
+            }
+        }
     }
 }
 
@@ -351,8 +472,9 @@ impl MeterSim {
 
         let mut power = [0.0f64; 7];
         let mut phase_load = [0.0f64; 3];
+        let env = Env::at(time_ns);
         for (p, a) in power.iter_mut().zip(self.appliances.iter_mut()) {
-            *p = round_to(a.step(dt_s, &mut self.rng), 10.0);
+            *p = round_to(a.step(dt_s, env, &mut self.rng), 10.0);
             phase_load[a.profile.phase] += *p;
         }
         let mut volts = [0.0f64; 3];

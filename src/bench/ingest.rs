@@ -2,6 +2,12 @@
 //! QoS 1 JSON readings over real MQTT on loopback to a real `wattson serve`
 //! (a child process with a fresh data directory), measuring what was
 //! acknowledged, that is, durably stored.
+//!
+//! The readings come from the simulator's load model and are encoded by the
+//! firmware core's payload encoder, byte for byte what `wattson simulate`
+//! and a board send. Unlike `wattson simulate`, each connection publishes as
+//! fast as acknowledgements allow (up to 100 in flight) rather than through
+//! a meter's outbox, because the figure wanted is the server's ceiling.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -17,7 +23,11 @@ use serde::Serialize;
 use wattson_ingest::auth::{Role, UserStore};
 use wattson_storage::Value;
 
+use wattson_firmware::payload;
+use wattson_firmware::reading::Reading as FwReading;
+
 use crate::simdata::{MeterSim, SEED_TABLE, device_id};
+use crate::simulate::seed_schema;
 
 /// 2022-07-01T00:00:00Z in ms.
 const START_MS: i64 = 1_656_633_600_000;
@@ -110,30 +120,37 @@ fn start_server(data: &Path) -> Result<(Child, u16)> {
     Ok((child, port))
 }
 
-/// One device's JSON message of `batch` readings starting at reading `first`.
+/// One device's JSON message of `batch` readings starting at reading `first`,
+/// encoded by the firmware core's payload encoder, as `wattson simulate`'s
+/// meters and the ESP32-C3 image send it.
 fn message(sim: &mut MeterSim, first: u64, batch: usize) -> String {
-    let mut out = String::with_capacity(batch * 400);
-    if batch > 1 {
-        out.push('[');
-    }
-    for k in 0..batch as u64 {
-        if k > 0 {
-            out.push(',');
-        }
-        let ts = START_MS + ((first + k) as i64) * 1000;
-        let r = sim.reading(SEED_TABLE, ts * 1_000_000);
-        out.push_str(&format!("{{\"ts\":{ts}"));
-        for (name, v) in &r.values {
-            if let Value::F64(x) = v {
-                out.push_str(&format!(",\"{name}\":{x:?}"));
-            }
-        }
-        out.push('}');
-    }
-    if batch > 1 {
-        out.push(']');
-    }
-    out
+    let schema = seed_schema();
+    let readings: Vec<FwReading> = (0..batch as u64)
+        .filter_map(|k| {
+            let ts = START_MS + ((first + k) as i64) * 1000;
+            let r = sim.reading(SEED_TABLE, ts * 1_000_000);
+            let values: Vec<f32> = r
+                .values
+                .iter()
+                .map(|(_, v)| match v {
+                    Value::F64(x) => *x as f32,
+                    _ => f32::NAN,
+                })
+                .collect();
+            FwReading::new(Some(ts), (first + k) as u32, &values).ok()
+        })
+        .collect();
+    // 17 channels take under 400 bytes a reading.
+    let mut buf = vec![0u8; 512 * batch.max(1)];
+    let len = if batch > 1 {
+        payload::encode_batch(&schema, &readings, batch, &mut buf).map(|(n, _)| n)
+    } else {
+        readings
+            .first()
+            .map_or(Ok(0), |r| payload::encode_reading(&schema, r, &mut buf))
+    };
+    buf.truncate(len.unwrap_or(0));
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 fn drive(

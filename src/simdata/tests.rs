@@ -67,7 +67,8 @@ fn values_are_physical_and_rounded() {
             let (amps, watts) = (v[3 + 2 * k], v[4 + 2 * k]);
             assert!(is_rounded(amps, 100.0), "current {amps}");
             assert!(is_rounded(watts, 10.0), "power {watts}");
-            let on = watts > 0.0;
+            // The washer's standby is not a run.
+            let on = watts > PROFILES[k].standby_w;
             if on {
                 on_seconds[k] += 1;
                 let volts = v[PROFILES[k].phase];
@@ -76,8 +77,10 @@ fn values_are_physical_and_rounded() {
                     ac_power.push(watts);
                 }
             } else {
-                assert_eq!(watts, 0.0);
-                assert_eq!(amps, 0.0);
+                assert_eq!(watts, round_to(PROFILES[k].standby_w, 10.0));
+                if watts == 0.0 {
+                    assert_eq!(amps, 0.0);
+                }
             }
             if prev_on[k].is_some_and(|p| p != on) {
                 switches[k] += 1;
@@ -149,4 +152,36 @@ fn gaps_and_repeats_do_not_break_the_model() {
     sim.reading("t", START + 30 * 86_400 * NS_PER_S); // a month offline
     let r = sim.reading("t", i64::MAX);
     assert_eq!(r.values.len(), 17);
+}
+
+#[test]
+fn air_conditioners_follow_the_afternoon_heat_and_people_follow_the_week() {
+    // 2022-07-04 is a Monday; 2022-07-09 a Saturday.
+    let monday = 1_656_892_800 * NS_PER_S;
+    let hour = 3600 * NS_PER_S;
+    assert_eq!(occupancy(monday + 3 * hour), 0.1);
+    assert_eq!(occupancy(monday + 11 * hour), 0.2);
+    assert_eq!(occupancy(monday + 19 * hour), 1.0);
+    assert_eq!(occupancy(monday + 5 * 24 * hour + 11 * hour), 0.9);
+    // Over a week of ten meters, the air conditioners draw far more in the
+    // afternoon (13:00-18:00) than before dawn (2:00-7:00).
+    let (mut afternoon, mut night) = (0.0, 0.0);
+    for m in 0..10 {
+        let mut sim = MeterSim::new(&format!("m{m}"), 3);
+        for s in (0..7 * 86_400).step_by(10) {
+            let t = monday + s * NS_PER_S;
+            let v = f64s(&sim.reading(SEED_TABLE, t));
+            let h = (s % 86_400) / 3600;
+            let ac = v[8] + v[14];
+            if (13..18).contains(&h) {
+                afternoon += ac;
+            } else if (2..7).contains(&h) {
+                night += ac;
+            }
+        }
+    }
+    assert!(
+        afternoon > 2.0 * night,
+        "afternoon {afternoon} vs night {night}"
+    );
 }

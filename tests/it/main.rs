@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod firmware;
 mod python;
 mod serve;
+mod simulate;
 mod storage_kill;

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-fn wattson(data: &Path) -> Command {
+pub(crate) fn wattson(data: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wattson"));
     cmd.arg("--data-dir").arg(data).env("WATTSON_LOG", "info");
     cmd
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -24,7 +24,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn setup(data: &Path) -> String {
+pub(crate) fn setup(data: &Path) -> String {
     let mut add = wattson(data)
         .args([
             "user",
@@ -54,8 +54,17 @@ fn setup(data: &Path) -> String {
 
 /// The rows of table `power` as `wattson export` writes them (CSV, no header).
 fn exported_rows(data: &Path) -> Vec<String> {
+    export_csv(data, "power")
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `wattson export` of a whole table as CSV, header included.
+pub(crate) fn export_csv(data: &Path, table: &str) -> String {
     let out = wattson(data)
-        .args(["export", "--table", "power", "--format", "csv", "-"])
+        .args(["export", "--table", table, "--format", "csv", "-"])
         .output()
         .unwrap();
     assert!(
@@ -63,22 +72,23 @@ fn exported_rows(data: &Path) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(str::to_owned)
-        .collect()
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Starts the server and returns it with the port meters connect to.
 fn start(data: &Path) -> (Child, u16) {
+    start_at(data, 0)
+}
+
+/// Starts the server with meters on `port` (0: any free port).
+pub(crate) fn start_at(data: &Path, port: u16) -> (Child, u16) {
     let subscribers = format!("127.0.0.1:{}", free_port());
+    let meters = format!("127.0.0.1:{port}");
     let mut child = wattson(data)
         .args([
             "serve",
             "--mqtt-listen",
-            "127.0.0.1:0",
+            &meters,
             "--subscribers-listen",
             &subscribers,
         ])
