@@ -25,5 +25,5 @@ pub mod export;
 pub mod import;
 pub mod serve;
 pub mod simdata;
-pub mod sql;
 pub mod simulate;
+pub mod sql;

@@ -90,8 +90,12 @@ fn run_child(dir: &Path, round: u64, kill_after: Duration) -> Option<u64> {
         let mut last = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(id) = line.strip_prefix("ack ") {
-                last = id.parse::<u64>().ok();
+            // The test harness may print on the same line first
+            // ("test storage_kill::child_writer ... ack 0").
+            if let Some(pos) = line.rfind("ack ") {
+                if let Ok(id) = line[pos + 4..].trim().parse::<u64>() {
+                    last = Some(id);
+                }
             }
         }
         last
