@@ -12,8 +12,7 @@ use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Packet, PingResp, Protocol, PubAck, PubAckReason, Publish, SubAck,
     SubscribeReasonCode, UnsubAck,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
@@ -51,8 +50,12 @@ struct Pending {
     received: Instant,
 }
 
-struct Conn<'a> {
-    socket: TcpStream,
+/// A byte stream a device talks over: TCP, or TLS over TCP.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+struct Conn<'a, S> {
+    socket: S,
     peer: SocketAddr,
     buf: BytesMut,
     out: BytesMut,
@@ -64,14 +67,12 @@ struct Conn<'a> {
 }
 
 /// Serves one socket until it closes.
-pub(super) async fn serve(
-    socket: TcpStream,
+pub(super) async fn serve<S: Stream>(
+    socket: S,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // PUBACKs are small and latency matters more than packing.
-    let _ = socket.set_nodelay(true);
     let mut conn = Conn {
         socket,
         peer,
@@ -101,7 +102,7 @@ pub(super) async fn serve(
     let _ = conn.socket.shutdown().await;
 }
 
-impl Conn<'_> {
+impl<S: Stream> Conn<'_, S> {
     /// Reads the CONNECT within `connect_timeout`, authenticates, answers
     /// CONNACK. Returns the keep-alive the client asked for.
     async fn handshake(&mut self) -> Result<Duration, Close> {
