@@ -232,6 +232,15 @@ pub fn run(data_dir: &Path, config: Config) -> Result<()> {
     for event in store.recovery_report() {
         tracing::warn!("recovery: {event}");
     }
+    match wattson_ingest::mqtt::raise_open_file_limit() {
+        Ok(n) if (n as usize) < config.mqtt.max_connections + 256 => tracing::warn!(
+            open_files = n,
+            max_connections = config.mqtt.max_connections,
+            "the open-file limit is below mqtt.max_connections; raise the hard limit (ulimit -Hn, LimitNOFILE=) or connections will fail"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wattson-io")

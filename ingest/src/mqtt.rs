@@ -387,6 +387,30 @@ async fn serve_socket(
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, and
+/// returns the new soft limit. Every MQTT connection is a file descriptor,
+/// and the usual soft limit of 1,024 would cap a server configured for
+/// 10,000 meters (accept then fails with EMFILE).
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct; raising the soft limit up
+        // to the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// A connection task that panicked is a bug (input must never cause one);
 /// it is counted and logged, and no other connection is affected.
 fn note_panic(stats: &MqttStats, done: std::result::Result<(), tokio::task::JoinError>) {

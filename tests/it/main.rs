@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod debian;
+mod mqtt;
 mod python;
 mod serve;
 mod storage_kill;

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-fn wattson(data: &Path) -> Command {
+pub(crate) fn wattson(data: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wattson"));
     cmd.arg("--data-dir").arg(data).env("WATTSON_LOG", "info");
     cmd
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -24,7 +24,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn setup(data: &Path) -> String {
+/// An admin and device `m1`; returns m1's secret.
+pub(crate) fn setup(data: &Path) -> String {
     let mut add = wattson(data)
         .args([
             "user",
@@ -53,7 +54,7 @@ fn setup(data: &Path) -> String {
 }
 
 /// The rows of table `power` as `wattson export` writes them (CSV, no header).
-fn exported_rows(data: &Path) -> Vec<String> {
+pub(crate) fn exported_rows(data: &Path) -> Vec<String> {
     let out = wattson(data)
         .args(["export", "--table", "power", "--format", "csv", "-"])
         .output()
@@ -72,7 +73,13 @@ fn exported_rows(data: &Path) -> Vec<String> {
 }
 
 /// Starts the server and returns it with the port meters connect to.
-fn start(data: &Path) -> (Child, u16) {
+pub(crate) fn start(data: &Path) -> (Child, u16) {
+    start_with(data, &[], "listen")
+}
+
+/// Starts the server with `extra` arguments and returns it with the port of
+/// the log field `field` (`listen`, or `tls_listen` for MQTT over TLS).
+pub(crate) fn start_with(data: &Path, extra: &[&str], field: &str) -> (Child, u16) {
     let subscribers = format!("127.0.0.1:{}", free_port());
     let mut child = wattson(data)
         .args([
@@ -82,18 +89,20 @@ fn start(data: &Path) -> (Child, u16) {
             "--subscribers-listen",
             &subscribers,
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let marker = format!(" {field}=");
     let port = loop {
         let line = lines
             .next()
             .expect("serve exited before listening")
             .unwrap();
         if line.contains("meters listening")
-            && let Some(addr) = line.split("listen=").nth(1)
+            && let Some(addr) = line.split(&marker).nth(1)
         {
             break addr
                 .trim()
@@ -107,6 +116,19 @@ fn start(data: &Path) -> (Child, u16) {
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, port)
+}
+
+/// SIGTERM, then expects exit 0.
+pub(crate) fn stop(mut server: Child) {
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = server.wait().unwrap();
+    assert!(
+        status.success(),
+        "serve must exit 0 after SIGTERM: {status}"
+    );
 }
 
 #[test]
@@ -193,6 +215,7 @@ fn config_print_default_shows_every_section() {
     for section in [
         "[storage]",
         "[mqtt]",
+        "[mqtt.tls]",
         "[subscribers]",
         "[ingest]",
         "[[ingest.topics]]",
