@@ -201,6 +201,10 @@ enum BenchCommand {
         /// Seconds of load.
         #[arg(long, default_value_t = 20.0)]
         duration: f64,
+        /// Extra meters that log in and stay silent during the load, to
+        /// measure how many idle connections the server holds.
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -256,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
             rate,
             batch,
             duration,
+            idle,
             json,
         }) => {
             if !(duration > 0.0 && rate >= 0.0) {
@@ -266,6 +271,7 @@ fn run(cli: Cli) -> Result<()> {
                 rate_hz: rate,
                 batch,
                 duration: std::time::Duration::from_secs_f64(duration),
+                idle,
             })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -31,6 +31,9 @@ pub struct IngestBenchConfig {
     /// Readings per message (a JSON array when above 1).
     pub batch: usize,
     pub duration: Duration,
+    /// Extra device connections that log in and then stay silent during
+    /// the load (keep-alive 0), to measure holding many idle meters.
+    pub idle: usize,
 }
 
 /// The figures `wattson bench ingest --json` prints.
@@ -49,6 +52,15 @@ pub struct IngestBenchReport {
     pub server_cpu_pct: f64,
     pub server_peak_rss_mb: f64,
     pub connection_errors: u64,
+    /// Idle connections asked for, logged in, and still open after the load.
+    pub idle_requested: usize,
+    pub idle_connected: usize,
+    pub idle_held: usize,
+    /// Seconds to log in all idle connections (at most 256 at a time).
+    pub idle_connect_s: f64,
+    /// The server's resident memory with the idle connections open, before
+    /// the load (MiB).
+    pub server_rss_idle_mb: f64,
 }
 
 /// Runs the benchmark against a child `wattson serve`.
@@ -61,14 +73,32 @@ pub fn run(cfg: &IngestBenchConfig) -> Result<IngestBenchReport> {
     let users = UserStore::open(&data)?;
     let admin_password = format!("bench-{:032x}", rand::random::<u128>());
     users.add_user("bench-admin", Role::Admin, &admin_password)?;
-    let mut secrets = Vec::with_capacity(cfg.devices);
-    for i in 0..cfg.devices {
-        secrets.push((device_id(i + 1), users.add_device(&device_id(i + 1))?));
-    }
+    // One write of the user file for all meters.
+    let ids: Vec<String> = (0..cfg.devices)
+        .map(|i| device_id(i + 1))
+        .chain((0..cfg.idle).map(|i| format!("idle-{i}")))
+        .collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut secrets: Vec<(String, String)> =
+        ids.iter().cloned().zip(users.add_devices(&refs)?).collect();
+    let idle = secrets.split_off(cfg.devices);
     drop(users);
+    if cfg.idle > 0 {
+        // Each idle meter is a socket here too.
+        wattson_ingest::mqtt::raise_open_file_limit().context("raising the open-file limit")?;
+    }
+    let config = tmp.path().join("wattson.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nmax_connections = {}\n",
+            (cfg.devices + cfg.idle + 64).max(10_000)
+        ),
+    )
+    .context("writing the server's configuration")?;
 
-    let (mut server, port) = start_server(&data)?;
-    let result = drive(cfg, port, secrets, server.id());
+    let (mut server, port) = start_server(&data, &config)?;
+    let result = drive(cfg, port, secrets, idle, server.id());
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status();
@@ -80,13 +110,15 @@ pub fn run(cfg: &IngestBenchConfig) -> Result<IngestBenchReport> {
     Ok(report)
 }
 
-fn start_server(data: &Path) -> Result<(Child, u16)> {
+fn start_server(data: &Path, config: &Path) -> Result<(Child, u16)> {
     let exe = std::env::current_exe().context("finding the wattson executable")?;
     let subscribers = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut child = Command::new(exe)
         .arg("--data-dir")
         .arg(data)
         .args(["--log", "info", "serve", "--mqtt-listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(config)
         .arg("--subscribers-listen")
         .arg(subscribers.to_string())
         .stdout(Stdio::null())
@@ -140,12 +172,19 @@ fn drive(
     cfg: &IngestBenchConfig,
     port: u16,
     secrets: Vec<(String, String)>,
+    idle: Vec<(String, String)>,
     server_pid: u32,
 ) -> Result<IngestBenchReport> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let idle_started = Instant::now();
+    let idle_requested = idle.len();
+    let idle_socks = rt.block_on(open_idle(port, idle));
+    let idle_connect_s = idle_started.elapsed().as_secs_f64();
+    let idle_connected = idle_socks.len();
+    let server_rss_idle_mb = rss_kb(server_pid, "VmRSS:")? as f64 / 1024.0;
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -170,6 +209,8 @@ fn drive(
     });
     let elapsed = started.elapsed();
     let cpu_after = cpu_ticks(server_pid)?;
+    let idle_held = idle_socks.iter().filter(|s| still_open(s)).count();
+    drop(idle_socks);
     let mut lat: Vec<Duration> = latencies.into_iter().flatten().collect();
     lat.sort();
     let pct = |p: f64| -> f64 {
@@ -192,7 +233,78 @@ fn drive(
         server_cpu_pct: (cpu_after - cpu_before) as f64 / clock_ticks_per_s() / secs * 100.0,
         server_peak_rss_mb: peak_rss_kb(server_pid)? as f64 / 1024.0,
         connection_errors: errors.load(Ordering::SeqCst),
+        idle_requested,
+        idle_connected,
+        idle_held,
+        idle_connect_s,
+        server_rss_idle_mb,
     })
+}
+
+/// Logs in every idle meter over a raw socket (CONNECT with keep-alive 0,
+/// so neither side needs to ping), at most 256 handshakes at a time so the
+/// listen backlog never overflows. Returns the sockets that got an
+/// accepting CONNACK.
+async fn open_idle(port: u16, idle: Vec<(String, String)>) -> Vec<std::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, secret) in idle {
+        let gate = gate.clone();
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            s.write_all(&connect_packet(&id, &secret)).await.ok()?;
+            let mut connack = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut connack))
+                .await
+                .ok()?
+                .ok()?;
+            // Held as a std socket: no task, no timer, just the descriptor.
+            (connack == [0x20, 2, 0, 0])
+                .then(|| s.into_std().ok())
+                .flatten()
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Some(s)) = done {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// True when the server has not closed the socket (nothing to read yet).
+fn still_open(mut s: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 1];
+    // `into_std` keeps the socket non-blocking.
+    matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// An MQTT 3.1.1 CONNECT with username, password and keep-alive 0.
+fn connect_packet(id: &str, secret: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 0];
+    for field in [id, id, secret] {
+        let len = u16::try_from(field.len()).unwrap_or(u16::MAX);
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    packet
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -295,10 +407,15 @@ fn clock_ticks_per_s() -> f64 {
 
 /// The process's peak resident memory (VmHWM), in KiB.
 fn peak_rss_kb(pid: u32) -> Result<u64> {
+    rss_kb(pid, "VmHWM:")
+}
+
+/// A memory field of /proc/PID/status (`VmRSS:`, `VmHWM:`), in KiB.
+fn rss_kb(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmHWM in /proc/{pid}/status"))
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
 }

@@ -382,6 +382,8 @@ fn bench_ingest_reports_durable_throughput() {
             "2",
             "--duration",
             "1",
+            "--idle",
+            "20",
             "--json",
         ])
         .output()
@@ -404,4 +406,5 @@ fn bench_ingest_reports_durable_throughput() {
     }
     assert!(report["messages_acked"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["connection_errors"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["idle_held"].as_u64(), Some(20), "{report}");
 }
