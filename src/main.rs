@@ -220,11 +220,22 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // rumqttd opens `error_span!`s for every message it routes, with the
+    // topic formatted into a field: they pass any level filter, and cost the
+    // embedded broker more CPU than routing itself (measured with perf under
+    // `bench ingest`). Its events still get through.
+    let no_broker_spans = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target().starts_with("rumqttd"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        .with(no_broker_spans)
         .init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
