@@ -214,9 +214,29 @@ impl<S: Stream> Conn<'_, S> {
                 () = kick.notified() => return Close::TakenOver,
                 () = super::stopped(&mut stop), if !stopping => stopping = true,
                 outcome = front(&mut pending), if !pending.is_empty() => {
-                    if let Some(p) = pending.pop_front()
-                        && let Err(why) = self.answer(p, outcome).await
-                    {
+                    // One group commit settles many messages at once: queue
+                    // the PUBACKs of every settled message at the front, in
+                    // order, and write them with one syscall.
+                    let mut next = outcome.ok();
+                    let mut closing = None;
+                    while let Some(p) = pending.pop_front() {
+                        if let Err(why) = self.answer(p, next) {
+                            closing = Some(why);
+                            break;
+                        }
+                        next = match pending.front_mut().map(|p| p.rx.try_recv()) {
+                            Some(Ok(o)) => Some(o),
+                            Some(Err(oneshot::error::TryRecvError::Closed)) => None,
+                            Some(Err(oneshot::error::TryRecvError::Empty)) | None => break,
+                        };
+                    }
+                    // PUBACKs already queued are for stored messages: send
+                    // them even when closing.
+                    let flushed = self.flush().await;
+                    if let Some(why) = closing {
+                        return why;
+                    }
+                    if let Err(why) = flushed {
                         return why;
                     }
                 }
@@ -374,40 +394,34 @@ impl<S: Stream> Conn<'_, S> {
         Ok(())
     }
 
-    /// Sends the PUBACK for the oldest waiting message, or closes.
-    async fn answer(
-        &mut self,
-        p: Pending,
-        outcome: Result<Outcome, oneshot::error::RecvError>,
-    ) -> Result<(), Close> {
+    /// Queues the PUBACK for the oldest waiting message (written by the
+    /// next [`flush`](Self::flush)), or says why the connection must close.
+    /// `outcome` is `None` when the appender dropped the message's reply.
+    fn answer(&mut self, p: Pending, outcome: Option<Outcome>) -> Result<(), Close> {
         let stats = &self.shared.stats;
         let ackable = match &outcome {
-            Ok(Outcome::Stored { rows }) => *rows == p.rows,
-            Ok(Outcome::Rejected) => true,
-            Ok(Outcome::Failed) | Err(_) => false,
+            Some(Outcome::Stored { rows }) => *rows == p.rows,
+            Some(Outcome::Rejected) => true,
+            Some(Outcome::Failed) | None => false,
         };
         if !ackable {
-            if matches!(outcome, Ok(Outcome::Stored { .. })) {
+            if matches!(outcome, Some(Outcome::Stored { .. })) {
                 // The appender claims a different row count: a bug. Never
                 // acknowledge what we cannot account for.
                 tracing::error!(device = %self.device, ?outcome, expected = p.rows, "row count mismatch; not acknowledging");
             }
             return Err(Close::AppendFailed);
         }
-        self.send_puback(p.pkid, &outcome).await?;
+        self.queue_puback(p.pkid, outcome.as_ref())?;
         stats.record_puback(p.received.elapsed());
         Ok(())
     }
 
-    /// The only place a PUBACK is written. Re-checks the durability rule so
+    /// The only place a PUBACK is made. Re-checks the durability rule so
     /// that a future change that breaks it shows up in `lost_acknowledged`
     /// instead of silently.
-    async fn send_puback(
-        &mut self,
-        pkid: u16,
-        outcome: &Result<Outcome, oneshot::error::RecvError>,
-    ) -> Result<(), Close> {
-        if !matches!(outcome, Ok(Outcome::Stored { .. } | Outcome::Rejected)) {
+    fn queue_puback(&mut self, pkid: u16, outcome: Option<&Outcome>) -> Result<(), Close> {
+        if !matches!(outcome, Some(Outcome::Stored { .. } | Outcome::Rejected)) {
             MqttStats::inc(&self.shared.stats.lost_acknowledged);
             debug_assert!(false, "PUBACK for a message that was not stored");
             return Err(Close::AppendFailed);
@@ -416,7 +430,7 @@ impl<S: Stream> Conn<'_, S> {
             pkid,
             reason: PubAckReason::Success,
         };
-        self.send(Packet::PubAck(ack, None)).await
+        self.queue(Packet::PubAck(ack, None))
     }
 
     /// Reads until one whole packet is buffered (used for CONNECT only).
@@ -446,14 +460,30 @@ impl<S: Stream> Conn<'_, S> {
         }
     }
 
+    /// Encodes `packet` and writes everything queued.
     async fn send(&mut self, packet: Packet) -> Result<(), Close> {
-        self.out.clear();
+        self.queue(packet)?;
+        self.flush().await
+    }
+
+    /// Encodes `packet` behind what is already queued.
+    fn queue(&mut self, packet: Packet) -> Result<(), Close> {
         // Only packets without properties and v4 CONNACK codes are written
         // here, the cases where the codec's `write` cannot panic.
         V4.write(packet, &mut self.out)
             .map_err(|e| Close::Io(format!("encoding: {e}")))?;
+        Ok(())
+    }
+
+    /// Writes the queued packets.
+    async fn flush(&mut self) -> Result<(), Close> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         let timeout = self.shared.config.connect_timeout;
-        match tokio::time::timeout(timeout, self.socket.write_all(&self.out)).await {
+        let written = tokio::time::timeout(timeout, self.socket.write_all(&self.out)).await;
+        self.out.clear();
+        match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Close::Io(e.to_string())),
             Err(_) => Err(Close::Io("write timed out".into())),
