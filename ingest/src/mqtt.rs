@@ -211,6 +211,10 @@ impl MqttServer {
         let appender = Appender::start(
             deps.store.clone(),
             deps.live.clone(),
+            appender::Redecode {
+                decoder: deps.decoder.clone(),
+                topics: deps.topics.clone(),
+            },
             stats.clone(),
             config.append_threads,
             config.append_queue,

@@ -365,6 +365,7 @@ impl<S: Stream> Conn<'_, S> {
                     payload: bytes::Bytes::copy_from_slice(&p.payload),
                     rows: readings.len(),
                     readings,
+                    received_ns: now_ns,
                     reply,
                 };
                 let rows = job.rows;
