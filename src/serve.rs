@@ -39,7 +39,7 @@ plaintext = true
 max_packet_kib = 256
 # Open connections, plain and TLS together; more are closed at once.
 max_connections = 10000
-# Seconds a new connection has to finish TLS and send CONNECT.
+# Seconds a new connection has for the TLS handshake, then for its CONNECT.
 connect_timeout_s = 10
 # Unacknowledged QoS 1 messages per connection before Wattson stops reading it.
 max_inflight = 100

@@ -113,9 +113,9 @@ pub struct MqttConfig {
     /// Most open sockets, over both listeners; more are closed right after
     /// accept.
     pub max_connections: usize,
-    /// Time a new socket has to finish the TLS handshake and send its
-    /// CONNECT (and to take a PUBACK write, so a client that stops reading
-    /// cannot pin a task forever).
+    /// Time a new socket has for the TLS handshake, and then again for its
+    /// CONNECT (and to take a write, so a client that stops reading cannot
+    /// pin a task forever).
     pub connect_timeout: Duration,
     /// Most unacknowledged QoS 1 messages per connection; beyond it the
     /// socket is not read until PUBACKs go out.

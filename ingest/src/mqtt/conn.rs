@@ -99,7 +99,9 @@ pub(super) async fn serve<S: Stream>(
     let why = conn.run(keep_alive, &kick, stop).await;
     shared.sessions.release(&conn.device, id);
     conn.log_close(&why);
-    let _ = conn.socket.shutdown().await;
+    // Bounded: over TLS this writes close_notify, which a client that
+    // stopped reading would never take, pinning the task and its slot.
+    let _ = tokio::time::timeout(shared.config.connect_timeout, conn.socket.shutdown()).await;
 }
 
 impl<S: Stream> Conn<'_, S> {

@@ -295,3 +295,45 @@ async fn an_oversized_publish_closes_only_its_connection() {
     assert_eq!((s.connection_panics, s.lost_acknowledged), (0, 0));
     env.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tls_socket_is_dropped_after_the_timeout_and_counted() {
+    let certs = tempfile::tempdir().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let tls = TlsSettings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        cert: certs.path().join("cert.pem"),
+        key: certs.path().join("key.pem"),
+    };
+    std::fs::write(&tls.cert, pair.cert.pem()).unwrap();
+    std::fs::write(&tls.key, pair.signing_key.serialize_pem()).unwrap();
+    let env = env_with(MqttConfig {
+        tls: Some(tls),
+        connect_timeout: Duration::from_millis(300),
+        ..MqttConfig::default()
+    })
+    .await;
+    let tls_addr = env.server.tls_addr().unwrap();
+    let mut silent = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    assert!(is_closed(&mut silent, WAIT).await);
+    // Plain MQTT on the TLS port is a failed handshake, not a login.
+    let mut plain = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let secret = env.device("m1");
+    plain
+        .write_all(&connect_bytes("m1", &secret, 30))
+        .await
+        .unwrap();
+    let mut reply = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, plain.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(n == 0 || reply[0] != 0x20, "no CONNACK on the TLS port");
+    let deadline = std::time::Instant::now() + WAIT;
+    while env.stats().connections_open > 0 || env.stats().tls_handshake_failures < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", env.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.stats().connects_ok, 0);
+    env.server.shutdown().await;
+}
