@@ -214,6 +214,7 @@ impl MqttServer {
             appender::Redecode {
                 decoder: deps.decoder.clone(),
                 topics: deps.topics.clone(),
+                counters: deps.counters.clone(),
             },
             stats.clone(),
             config.append_threads,

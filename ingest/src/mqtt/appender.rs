@@ -22,7 +22,7 @@ use wattson_storage::{Reading, Store};
 
 use super::stats::MqttStats;
 use crate::live::LivePublisher;
-use crate::payload::{Decoder, TopicMap, error_topic};
+use crate::payload::{Decoder, IngestCounters, TopicMap, error_topic};
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +72,9 @@ pub(super) struct Appender {
 pub(super) struct Redecode {
     pub(super) decoder: Decoder,
     pub(super) topics: Arc<TopicMap>,
+    /// Per-device counts of stored messages and readings: counted here,
+    /// once the store confirmed them.
+    pub(super) counters: Arc<IngestCounters>,
 }
 
 struct Worker {
@@ -232,7 +235,9 @@ impl Worker {
     /// seen: it decoded before) means the message is failed, not
     /// acknowledged, and the device resends it.
     fn decode_again(&self, job: &Job) -> Option<Vec<Reading>> {
-        let Redecode { decoder, topics } = &self.redecode;
+        let Redecode {
+            decoder, topics, ..
+        } = &self.redecode;
         let m = topics.authorize(&job.device, &job.topic)?;
         match decoder.decode(&m, &job.payload, job.received_ns) {
             Ok(readings) if readings.len() == job.rows => Some(readings),
@@ -246,6 +251,7 @@ impl Worker {
     fn finish_stored(&self, job: Job) {
         let rows = job.rows;
         MqttStats::add(&self.stats.readings_stored, rows as u64);
+        self.redecode.counters.record_ok(&job.device, rows);
         reply(job.reply, Outcome::Stored { rows });
         // Live delivery after the reply: it is best effort and must not
         // delay the PUBACK.
@@ -306,6 +312,7 @@ mod tests {
         Redecode {
             decoder: Decoder::default(),
             topics: Arc::new(TopicMap::default()),
+            counters: Arc::new(IngestCounters::new()),
         }
     }
 

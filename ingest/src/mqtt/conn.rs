@@ -358,7 +358,6 @@ impl<S: Stream> Conn<'_, S> {
                 }
             }
             Ok(readings) => {
-                deps.counters.record_ok(&self.device, readings.len());
                 let job = Job {
                     device: self.device.clone(),
                     topic: topic.to_owned(),
