@@ -490,7 +490,10 @@ fn malformed_packets_close_only_their_connection() {
     let data = dir.path().join("data");
     let secret = setup(&data);
     let raw_secret = UserStore::open(&data).unwrap().add_device("m2").unwrap();
-    let (mut server, port) = start(&data);
+    // A short connect timeout: the HTTP request below waits for it.
+    let config = dir.path().join("wattson.toml");
+    std::fs::write(&config, "[mqtt]\nconnect_timeout_s = 2\n").unwrap();
+    let (mut server, port) = start_with(&data, &["--config", config.to_str().unwrap()], "listen");
     let rt = runtime();
     let (client, mut ev) = AsyncClient::new(options("m1", &secret, port), 10);
     rt.block_on(async {
@@ -499,7 +502,7 @@ fn malformed_packets_close_only_their_connection() {
     });
 
     // Not MQTT at all: 'G' reads as a PUBACK announcing 32 bytes, so this
-    // waits for the connect timeout (10 s); in parallel with the rest.
+    // waits for the connect timeout; in parallel with the rest.
     let http = std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: wattson\r\n\r\n")
