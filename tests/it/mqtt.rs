@@ -548,3 +548,97 @@ fn malformed_packets_close_only_their_connection() {
     stop(server);
     assert_eq!(exported_rows(&data).len(), 3);
 }
+
+// ---- no password in the log ----
+
+/// Every kind of login, right and wrong, on both MQTT ports of a server
+/// logging at `trace`: no password or secret may appear in its log.
+#[test]
+fn no_password_or_secret_ever_reaches_the_log() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = setup(&data);
+    let admin_password = "a long admin password";
+    let wrong = [
+        "wrong-device-secret-4711",
+        "wrong-admin-password-0815",
+        "ghost-password-1234567",
+    ];
+    let subscribers_port = crate::serve::free_port();
+    let mut server = wattson(&data)
+        .env("WATTSON_LOG", "trace")
+        .args([
+            "serve",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--subscribers-listen",
+        ])
+        .arg(format!("127.0.0.1:{subscribers_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<u16>();
+    let stderr = server.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("meters listening")
+                && let Some(addr) = line.split(" listen=").nth(1)
+            {
+                let _ = tx.send(addr.trim().rsplit(':').next().unwrap().parse().unwrap());
+            }
+            log.push(line);
+        }
+        log
+    });
+    let port = rx.recv_timeout(WAIT).expect("serve never listened");
+
+    runtime().block_on(async {
+        let attempts: [(&str, &str, u16, bool); 6] = [
+            ("m1", wrong[0], port, false),
+            ("ghost", wrong[2], port, false),
+            ("admin", admin_password, port, false),
+            ("m1", &secret, port, true),
+            ("admin", wrong[1], subscribers_port, false),
+            ("admin", admin_password, subscribers_port, true),
+        ];
+        for (user, password, port, ok) in attempts {
+            let mut o = options(user, password, port);
+            if port == subscribers_port {
+                o = MqttOptions::new("admin-dashboard", "127.0.0.1", port);
+                o.set_credentials(user, password);
+            }
+            let (client, mut ev) = AsyncClient::new(o, 10);
+            let got = tokio::time::timeout(WAIT, async {
+                loop {
+                    match ev.poll().await {
+                        Ok(Event::Incoming(Incoming::ConnAck(_))) => return true,
+                        Ok(_) => {}
+                        Err(_) => return false,
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(got, ok, "{user} on port {port}");
+            if ok && user == "m1" {
+                publish_acked(&client, &mut ev, 0, 1).await;
+            }
+        }
+    });
+    stop(server);
+    let log = reader.join().unwrap().join("\n");
+    assert!(
+        log.contains("MQTT login refused"),
+        "the refusals are logged"
+    );
+    for needle in [secret.as_str(), admin_password].into_iter().chain(wrong) {
+        assert!(
+            !log.contains(needle),
+            "a password or secret is in the server's log: {needle}"
+        );
+    }
+}
