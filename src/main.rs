@@ -331,6 +331,10 @@ enum BenchCommand {
         /// Seconds of load.
         #[arg(long, default_value_t = 20.0)]
         duration: f64,
+        /// Extra meters that log in and stay silent during the load, to
+        /// measure how many idle connections the server holds.
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -346,11 +350,22 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // rumqttd opens `error_span!`s for every message it routes, with the
+    // topic formatted into a field: they pass any level filter, and cost the
+    // embedded broker more CPU than routing itself (measured with perf under
+    // `bench ingest`). Its events still get through.
+    let no_broker_spans = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target().starts_with("rumqttd"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        .with(no_broker_spans)
         .init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
@@ -400,6 +415,7 @@ fn run(cli: Cli) -> Result<()> {
             rate,
             batch,
             duration,
+            idle,
             json,
         }) => {
             if !(duration > 0.0 && rate >= 0.0) {
@@ -410,6 +426,7 @@ fn run(cli: Cli) -> Result<()> {
                 rate_hz: rate,
                 batch,
                 duration: std::time::Duration::from_secs_f64(duration),
+                idle,
             })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);

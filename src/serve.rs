@@ -3,7 +3,7 @@
 //! optional `wattson.toml`, shut down gracefully on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use wattson_ingest::auth::{UserStore, Verifier};
 use wattson_ingest::live::LivePublisher;
-use wattson_ingest::mqtt::{MqttConfig, MqttDeps, MqttServer};
+use wattson_ingest::mqtt::{MqttConfig, MqttDeps, MqttServer, TlsSettings};
 use wattson_ingest::payload::{DecodeOptions, Decoder, IngestCounters, TopicMap, TopicPattern};
 use wattson_ingest::router::{LiveBroker, RouterSettings};
 use wattson_storage::clock::SystemClock;
@@ -33,13 +33,24 @@ seal_interval_s = 600
 [mqtt]
 # Where meters connect (MQTT 3.1.1). Only device accounts may log in here.
 listen = "0.0.0.0:1883"
-# Largest MQTT packet accepted (KiB); larger ones close the connection.
+# false: no plain listener, meters must use TLS ([mqtt.tls]).
+plaintext = true
+# Largest MQTT packet accepted (KiB); a larger one closes that connection.
 max_packet_kib = 256
+# Open connections, plain and TLS together; more are closed at once.
 max_connections = 10000
-# Seconds a new connection has to send CONNECT.
+# Seconds a new connection has for the TLS handshake, then for its CONNECT.
 connect_timeout_s = 10
 # Unacknowledged QoS 1 messages per connection before Wattson stops reading it.
 max_inflight = 100
+
+[mqtt.tls]
+# MQTT over TLS for meters, on when `cert` and `key` are set: PEM files with
+# the certificate chain (the server's certificate first) and its private key
+# (PKCS#8, RSA or EC). Checked at startup; a wrong file stops the server.
+listen = "0.0.0.0:8883"
+cert = ""
+key = ""
 
 [subscribers]
 # Where people's MQTT clients (Home Assistant, Node-RED) subscribe to live
@@ -49,6 +60,10 @@ listen = "0.0.0.0:1884"
 [ingest]
 # Readings dated further than this into the future are rejected (seconds).
 max_clock_skew_s = 86400
+# Largest message payload (KiB) and most readings in one message; a larger
+# message is refused whole and explained on meters/{id}/errors.
+max_payload_kib = 256
+max_readings_per_message = 10000
 
 # Topic patterns, first match wins. {device} and {table} each match one topic
 # level. A fixed `table`, and a `channel` for bare-number payloads, map
@@ -79,10 +94,20 @@ pub struct StorageSection {
 #[serde(default, deny_unknown_fields)]
 pub struct MqttSection {
     pub listen: SocketAddr,
+    pub plaintext: bool,
     pub max_packet_kib: usize,
     pub max_connections: usize,
     pub connect_timeout_s: u64,
     pub max_inflight: usize,
+    pub tls: TlsSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -95,6 +120,8 @@ pub struct SubscribersSection {
 #[serde(default, deny_unknown_fields)]
 pub struct IngestSection {
     pub max_clock_skew_s: u64,
+    pub max_payload_kib: usize,
+    pub max_readings_per_message: usize,
     pub topics: Vec<TopicPattern>,
 }
 
@@ -108,16 +135,24 @@ impl Default for Config {
             },
             mqtt: MqttSection {
                 listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+                plaintext: true,
                 max_packet_kib: 256,
                 max_connections: 10_000,
                 connect_timeout_s: 10,
                 max_inflight: 100,
+                tls: TlsSection {
+                    listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+                    cert: PathBuf::new(),
+                    key: PathBuf::new(),
+                },
             },
             subscribers: SubscribersSection {
                 listen: SocketAddr::from(([0, 0, 0, 0], 1884)),
             },
             ingest: IngestSection {
                 max_clock_skew_s: 86_400,
+                max_payload_kib: 256,
+                max_readings_per_message: 10_000,
                 topics: vec![TopicPattern::new(wattson_ingest::payload::DEFAULT_PATTERN)],
             },
         }
@@ -132,6 +167,11 @@ impl Default for StorageSection {
 impl Default for MqttSection {
     fn default() -> Self {
         Config::default().mqtt
+    }
+}
+impl Default for TlsSection {
+    fn default() -> Self {
+        Config::default().mqtt.tls
     }
 }
 impl Default for SubscribersSection {
@@ -172,6 +212,7 @@ pub fn run(data_dir: &Path, config: Config) -> Result<()> {
 /// Where a started server listens, for [`run_with`]'s callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listening {
+    /// The plain MQTT listener, or the TLS one when plain MQTT is off.
     pub meters: std::net::SocketAddr,
     pub subscribers: std::net::SocketAddr,
 }
@@ -209,6 +250,15 @@ pub fn run_with(
     for event in store.recovery_report() {
         tracing::warn!("recovery: {event}");
     }
+    match wattson_ingest::mqtt::raise_open_file_limit() {
+        Ok(n) if (n as usize) < config.mqtt.max_connections + 256 => tracing::warn!(
+            open_files = n,
+            max_connections = config.mqtt.max_connections,
+            "the open-file limit is below mqtt.max_connections; raise the hard limit (ulimit -Hn, LimitNOFILE=) or connections will fail"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wattson-io")
@@ -242,9 +292,18 @@ async fn serve(
     tracing::info!(listen = %broker.listen_addr(), "subscribers listening");
     let topics = TopicMap::new(&config.ingest.topics).context("in [[ingest.topics]]")?;
     let live: Arc<dyn LivePublisher> = Arc::new(broker.handle());
+    let tls_section = &config.mqtt.tls;
+    // Either path set turns TLS on; the listener names a missing other one.
+    let tls = (!tls_section.cert.as_os_str().is_empty() || !tls_section.key.as_os_str().is_empty())
+        .then(|| TlsSettings {
+            listen: tls_section.listen,
+            cert: tls_section.cert.clone(),
+            key: tls_section.key.clone(),
+        });
     let mqtt = MqttServer::start(
         MqttConfig {
-            listen: config.mqtt.listen,
+            listen: config.mqtt.plaintext.then_some(config.mqtt.listen),
+            tls,
             max_packet_bytes: config.mqtt.max_packet_kib << 10,
             max_connections: config.mqtt.max_connections,
             connect_timeout: Duration::from_secs(config.mqtt.connect_timeout_s),
@@ -257,6 +316,8 @@ async fn serve(
             topics: Arc::new(topics),
             decoder: Decoder::new(DecodeOptions {
                 max_clock_skew: Duration::from_secs(config.ingest.max_clock_skew_s),
+                max_payload_bytes: config.ingest.max_payload_kib << 10,
+                max_readings_per_message: config.ingest.max_readings_per_message,
                 ..DecodeOptions::default()
             }),
             counters: Arc::new(IngestCounters::new()),
@@ -266,11 +327,18 @@ async fn serve(
     )
     .await
     .context("starting the MQTT listener")?;
-    tracing::info!(listen = %mqtt.local_addr(), "meters listening (MQTT)");
-    on_ready(Listening {
-        meters: mqtt.local_addr(),
-        subscribers: broker.listen_addr(),
-    });
+    if let Some(addr) = mqtt.local_addr() {
+        tracing::info!(listen = %addr, "meters listening (MQTT)");
+    }
+    if let Some(addr) = mqtt.tls_addr() {
+        tracing::info!(tls_listen = %addr, "meters listening (MQTT over TLS)");
+    }
+    if let Some(meters) = mqtt.local_addr().or(mqtt.tls_addr()) {
+        on_ready(Listening {
+            meters,
+            subscribers: broker.listen_addr(),
+        });
+    }
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections, finishing acknowledged work");

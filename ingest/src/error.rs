@@ -87,6 +87,11 @@ pub enum Error {
     #[error("internal error (a bug in wattson-ingest): {0}")]
     Internal(String),
 
+    /// The TLS listener's certificate or key is missing, unreadable, not
+    /// PEM, or the key does not belong to the certificate. Found at startup.
+    #[error("{0}")]
+    Tls(String),
+
     /// A listener could not bind its address.
     #[error("cannot listen on {addr}: {source}; is another server using the port?")]
     Listen {

@@ -60,13 +60,19 @@
 //! messages go the same way to the store, best effort: nobody is told if
 //! their append fails (counted in `append_failures`).
 //!
+//! TLS: an optional second listener ([`TlsSettings`], port 8883 by
+//! default) speaks the same protocol inside rustls; the plain listener can
+//! be turned off. Both share `max_connections`. The TLS handshake runs in the
+//! connection's task and counts against `connect_timeout`, so a slow or
+//! silent client never holds up the accept loop.
+//!
 //! Not here: the broker for human subscribers (rumqttd's router, elsewhere
-//! in this crate), TLS (terminate it in front, or a later `tls` option),
-//! MQTT 5.
+//! in this crate), MQTT 5.
 
 mod appender;
 mod conn;
 mod stats;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -78,9 +84,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use wattson_storage::Store;
 use wattson_storage::clock::Clock;
 
@@ -90,20 +97,25 @@ use crate::payload::{Decoder, IngestCounters, TopicMap};
 use crate::{Error, Result};
 use appender::Appender;
 pub use stats::{MqttStats, MqttStatsSnapshot, PUBACK_BUCKETS_MS};
+pub use tls::{TlsSettings, load_acceptor};
 
 /// Settings of the device listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttConfig {
-    /// Where to listen; port 0 picks a free port (see
-    /// [`MqttServer::local_addr`]).
-    pub listen: SocketAddr,
+    /// Where to listen without TLS; port 0 picks a free port (see
+    /// [`MqttServer::local_addr`]). `None`: meters must use TLS.
+    pub listen: Option<SocketAddr>,
+    /// The TLS listener, if any (see [`MqttServer::tls_addr`]).
+    pub tls: Option<TlsSettings>,
     /// Largest packet (its remaining length) accepted; larger ones close the
     /// connection before being read.
     pub max_packet_bytes: usize,
-    /// Most open sockets; more are closed right after accept.
+    /// Most open sockets, over both listeners; more are closed right after
+    /// accept.
     pub max_connections: usize,
-    /// Time a new socket has to send its CONNECT (and to take a PUBACK
-    /// write, so a client that stops reading cannot pin a task forever).
+    /// Time a new socket has for the TLS handshake, and then again for its
+    /// CONNECT (and to take a write, so a client that stops reading cannot
+    /// pin a task forever).
     pub connect_timeout: Duration,
     /// Most unacknowledged QoS 1 messages per connection; beyond it the
     /// socket is not read until PUBACKs go out.
@@ -118,7 +130,8 @@ pub struct MqttConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
+            tls: None,
             max_packet_bytes: 256 * 1024,
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(10),
@@ -150,6 +163,8 @@ struct Shared {
     deps: MqttDeps,
     stats: Arc<MqttStats>,
     appender: Appender,
+    /// `max_connections` permits, shared by both listeners.
+    slots: Arc<Semaphore>,
     sessions: Sessions,
     acl_log: LogLimiter,
     login_log: LogLimiter,
@@ -159,10 +174,12 @@ struct Shared {
 /// stops accepting but does not wait for in-flight appends.
 #[derive(Debug)]
 pub struct MqttServer {
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    accept: Option<JoinHandle<()>>,
+    /// One accept loop per listener.
+    accept: Vec<JoinHandle<()>>,
 }
 
 impl MqttServer {
@@ -175,25 +192,36 @@ impl MqttServer {
                     .into(),
             ));
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        if config.listen.is_none() && config.tls.is_none() {
+            return Err(Error::InvalidInput(
+                "mqtt: the plain listener is off and no TLS listener is set; meters could not connect".into(),
+            ));
+        }
+        // Certificate problems are found before anything listens.
+        let acceptor = config.tls.as_ref().map(load_acceptor).transpose()?;
+        let plain = match config.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let secure = match (&config.tls, acceptor) {
+            (Some(tls), Some(acceptor)) => Some((bind(tls.listen).await?, acceptor)),
+            _ => None,
+        };
         let stats = Arc::new(MqttStats::default());
         let appender = Appender::start(
             deps.store.clone(),
             deps.live.clone(),
+            appender::Redecode {
+                decoder: deps.decoder.clone(),
+                topics: deps.topics.clone(),
+                counters: deps.counters.clone(),
+            },
             stats.clone(),
             config.append_threads,
             config.append_queue,
         )?;
         let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(config.max_connections)),
             config,
             deps,
             stats,
@@ -203,19 +231,47 @@ impl MqttServer {
             login_log: LogLimiter::new(Duration::from_secs(60)),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
-        tracing::info!(%local_addr, "MQTT device listener started");
+        let mut accept = Vec::new();
+        let mut local_addr = None;
+        let mut tls_addr = None;
+        if let Some((listener, addr)) = plain {
+            local_addr = Some(addr);
+            tracing::info!(%addr, "MQTT device listener started");
+            accept.push(tokio::spawn(accept_loop(
+                listener,
+                None,
+                shared.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(((listener, addr), acceptor)) = secure {
+            tls_addr = Some(addr);
+            tracing::info!(%addr, "MQTT device listener (TLS) started");
+            accept.push(tokio::spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                shared.clone(),
+                stop_rx,
+            )));
+        }
         Ok(MqttServer {
             local_addr,
+            tls_addr,
             shared,
             stop,
-            accept: Some(accept),
+            accept,
         })
     }
 
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The plain listener's address as bound (useful with port 0); `None`
+    /// when meters must use TLS.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// The TLS listener's address as bound, if it runs.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The listener's counters.
@@ -228,10 +284,10 @@ impl MqttServer {
     /// connections, then stops the appender threads.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if let Some(accept) = self.accept.take()
-            && accept.await.is_err()
-        {
-            tracing::error!("the MQTT accept loop panicked");
+        for accept in std::mem::take(&mut self.accept) {
+            if accept.await.is_err() {
+                tracing::error!("an MQTT accept loop panicked");
+            }
         }
         let shared = self.shared.clone();
         if tokio::task::spawn_blocking(move || shared.appender.shutdown())
@@ -244,8 +300,22 @@ impl MqttServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::Listen { addr, source })?;
+    Ok((listener, local))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -264,17 +334,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                         continue;
                     }
                 };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
                     MqttStats::inc(&shared.stats.connections_refused_limit);
-                    tracing::debug!(%peer, "MQTT connection limit reached; closing");
+                    if shared.login_log.allow("connection limit") {
+                        tracing::warn!(%peer, max_connections = shared.config.max_connections, "MQTT connection limit reached; closing new connections");
+                    }
                     drop(socket);
                     continue;
                 };
                 let shared = shared.clone();
                 let stop = stop.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
                     MqttStats::inc(&shared.stats.connections_open);
-                    conn::serve(socket, peer, &shared, stop).await;
+                    serve_socket(socket, peer, tls, &shared, stop).await;
                     shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
@@ -285,6 +358,62 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     while let Some(done) = conns.join_next().await {
         note_panic(&shared.stats, done);
     }
+}
+
+/// Runs one accepted socket, after the TLS handshake when `tls` is set.
+async fn serve_socket(
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: &Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // PUBACKs are small and latency matters more than packing.
+    let _ = socket.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        conn::serve(socket, peer, shared, stop).await;
+        return;
+    };
+    let timeout = shared.config.connect_timeout;
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(timeout, acceptor.accept(socket)) => r,
+        () = stopped(&mut stop) => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => conn::serve(stream, peer, shared, stop).await,
+        Ok(Err(e)) => {
+            MqttStats::inc(&shared.stats.tls_handshake_failures);
+            tracing::debug!(%peer, "MQTT TLS handshake failed: {e}");
+        }
+        Err(_) => {
+            MqttStats::inc(&shared.stats.tls_handshake_failures);
+            tracing::debug!(%peer, "MQTT TLS handshake not done within connect_timeout");
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and
+/// returns the new soft limit. Every MQTT connection is a file descriptor,
+/// and the usual soft limit of 1,024 would cap a server configured for
+/// 10,000 meters (accept then fails with EMFILE).
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct; raising the soft limit up
+        // to the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// A connection task that panicked is a bug (input must never cause one);

@@ -23,11 +23,7 @@ use serde::Serialize;
 use wattson_ingest::auth::{Role, UserStore};
 use wattson_storage::Value;
 
-use wattson_firmware::payload;
-use wattson_firmware::reading::Reading as FwReading;
-
 use crate::simdata::{MeterSim, SEED_TABLE, device_id};
-use crate::simulate::seed_schema;
 
 /// 2022-07-01T00:00:00Z in ms.
 const START_MS: i64 = 1_656_633_600_000;
@@ -41,6 +37,9 @@ pub struct IngestBenchConfig {
     /// Readings per message (a JSON array when above 1).
     pub batch: usize,
     pub duration: Duration,
+    /// Extra device connections that log in and then stay silent during
+    /// the load (keep-alive 0), to measure holding many idle meters.
+    pub idle: usize,
 }
 
 /// The figures `wattson bench ingest --json` prints.
@@ -59,6 +58,15 @@ pub struct IngestBenchReport {
     pub server_cpu_pct: f64,
     pub server_peak_rss_mb: f64,
     pub connection_errors: u64,
+    /// Idle connections asked for, logged in, and still open after the load.
+    pub idle_requested: usize,
+    pub idle_connected: usize,
+    pub idle_held: usize,
+    /// Seconds to log in all idle connections (at most 256 at a time).
+    pub idle_connect_s: f64,
+    /// The server's resident memory with the idle connections open, before
+    /// the load (MiB).
+    pub server_rss_idle_mb: f64,
 }
 
 /// Runs the benchmark against a child `wattson serve`.
@@ -71,14 +79,32 @@ pub fn run(cfg: &IngestBenchConfig) -> Result<IngestBenchReport> {
     let users = UserStore::open(&data)?;
     let admin_password = format!("bench-{:032x}", rand::random::<u128>());
     users.add_user("bench-admin", Role::Admin, &admin_password)?;
-    let mut secrets = Vec::with_capacity(cfg.devices);
-    for i in 0..cfg.devices {
-        secrets.push((device_id(i + 1), users.add_device(&device_id(i + 1))?));
-    }
+    // One write of the user file for all meters.
+    let ids: Vec<String> = (0..cfg.devices)
+        .map(|i| device_id(i + 1))
+        .chain((0..cfg.idle).map(|i| format!("idle-{i}")))
+        .collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut secrets: Vec<(String, String)> =
+        ids.iter().cloned().zip(users.add_devices(&refs)?).collect();
+    let idle = secrets.split_off(cfg.devices);
     drop(users);
+    if cfg.idle > 0 {
+        // Each idle meter is a socket here too.
+        wattson_ingest::mqtt::raise_open_file_limit().context("raising the open-file limit")?;
+    }
+    let config = tmp.path().join("wattson.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nmax_connections = {}\n",
+            (cfg.devices + cfg.idle + 64).max(10_000)
+        ),
+    )
+    .context("writing the server's configuration")?;
 
-    let (mut server, port) = start_server(&data)?;
-    let result = drive(cfg, port, secrets, server.id());
+    let (mut server, port) = start_server(&data, &config)?;
+    let result = drive(cfg, port, secrets, idle, server.id());
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status();
@@ -90,13 +116,15 @@ pub fn run(cfg: &IngestBenchConfig) -> Result<IngestBenchReport> {
     Ok(report)
 }
 
-fn start_server(data: &Path) -> Result<(Child, u16)> {
+fn start_server(data: &Path, config: &Path) -> Result<(Child, u16)> {
     let exe = std::env::current_exe().context("finding the wattson executable")?;
     let subscribers = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut child = Command::new(exe)
         .arg("--data-dir")
         .arg(data)
         .args(["--log", "info", "serve", "--mqtt-listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(config)
         .arg("--subscribers-listen")
         .arg(subscribers.to_string())
         .stdout(Stdio::null())
@@ -120,49 +148,76 @@ fn start_server(data: &Path) -> Result<(Child, u16)> {
     Ok((child, port))
 }
 
-/// One device's JSON message of `batch` readings starting at reading `first`,
-/// encoded by the firmware core's payload encoder, as `wattson simulate`'s
-/// meters and the ESP32-C3 image send it.
-fn message(sim: &mut MeterSim, first: u64, batch: usize) -> String {
-    let schema = seed_schema();
-    let readings: Vec<FwReading> = (0..batch as u64)
-        .filter_map(|k| {
-            let ts = START_MS + ((first + k) as i64) * 1000;
-            let r = sim.reading(SEED_TABLE, ts * 1_000_000);
-            let values: Vec<f32> = r
-                .values
-                .iter()
-                .map(|(_, v)| match v {
-                    Value::F64(x) => *x as f32,
-                    _ => f32::NAN,
-                })
-                .collect();
-            FwReading::new(Some(ts), (first + k) as u32, &values).ok()
-        })
-        .collect();
-    // 17 channels take under 400 bytes a reading.
-    let mut buf = vec![0u8; 512 * batch.max(1)];
-    let len = if batch > 1 {
-        payload::encode_batch(&schema, &readings, batch, &mut buf).map(|(n, _)| n)
-    } else {
-        readings
-            .first()
-            .map_or(Ok(0), |r| payload::encode_reading(&schema, r, &mut buf))
-    };
-    buf.truncate(len.unwrap_or(0));
-    String::from_utf8(buf).unwrap_or_default()
+/// How many distinct readings each simulated meter cycles through.
+/// Rendering a reading (simulation plus 17 float-to-text conversions) cost
+/// the load generator about as much CPU as the server spends storing it, on
+/// the same two cores; so each meter renders this many once and repeats
+/// their values under fresh timestamps (every reading stays a new key).
+const RENDERED_READINGS: usize = 64;
+
+/// A meter's pre-rendered channel parts (`,"pa_v":214.9,...`).
+struct Rendered(Vec<String>);
+
+impl Rendered {
+    fn new(sim: &mut MeterSim) -> Rendered {
+        let parts = (0..RENDERED_READINGS as i64)
+            .map(|k| {
+                let r = sim.reading(SEED_TABLE, (START_MS + k * 1000) * 1_000_000);
+                let mut part = String::with_capacity(400);
+                for (name, v) in &r.values {
+                    if let Value::F64(x) = v {
+                        part.push_str(&format!(",\"{name}\":{x:?}"));
+                    }
+                }
+                part
+            })
+            .collect();
+        Rendered(parts)
+    }
+
+    /// One JSON message of `batch` readings starting at reading `first`.
+    fn message(&self, first: u64, batch: usize) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(batch * 400);
+        if batch > 1 {
+            out.push('[');
+        }
+        for k in 0..batch as u64 {
+            if k > 0 {
+                out.push(',');
+            }
+            let n = first + k;
+            let ts = START_MS + (n as i64) * 1000;
+            let _ = write!(out, "{{\"ts\":{ts}");
+            if let Some(part) = self.0.get(n as usize % self.0.len().max(1)) {
+                out.push_str(part);
+            }
+            out.push('}');
+        }
+        if batch > 1 {
+            out.push(']');
+        }
+        out
+    }
 }
 
 fn drive(
     cfg: &IngestBenchConfig,
     port: u16,
     secrets: Vec<(String, String)>,
+    idle: Vec<(String, String)>,
     server_pid: u32,
 ) -> Result<IngestBenchReport> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let idle_started = Instant::now();
+    let idle_requested = idle.len();
+    let idle_socks = rt.block_on(open_idle(port, idle));
+    let idle_connect_s = idle_started.elapsed().as_secs_f64();
+    let idle_connected = idle_socks.len();
+    let server_rss_idle_mb = rss_kb(server_pid, "VmRSS:")? as f64 / 1024.0;
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -187,6 +242,8 @@ fn drive(
     });
     let elapsed = started.elapsed();
     let cpu_after = cpu_ticks(server_pid)?;
+    let idle_held = idle_socks.iter().filter(|s| still_open(s)).count();
+    drop(idle_socks);
     let mut lat: Vec<Duration> = latencies.into_iter().flatten().collect();
     lat.sort();
     let pct = |p: f64| -> f64 {
@@ -209,7 +266,78 @@ fn drive(
         server_cpu_pct: (cpu_after - cpu_before) as f64 / clock_ticks_per_s() / secs * 100.0,
         server_peak_rss_mb: peak_rss_kb(server_pid)? as f64 / 1024.0,
         connection_errors: errors.load(Ordering::SeqCst),
+        idle_requested,
+        idle_connected,
+        idle_held,
+        idle_connect_s,
+        server_rss_idle_mb,
     })
+}
+
+/// Logs in every idle meter over a raw socket (CONNECT with keep-alive 0,
+/// so neither side needs to ping), at most 256 handshakes at a time so the
+/// listen backlog never overflows. Returns the sockets that got an
+/// accepting CONNACK.
+async fn open_idle(port: u16, idle: Vec<(String, String)>) -> Vec<std::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, secret) in idle {
+        let gate = gate.clone();
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            s.write_all(&connect_packet(&id, &secret)).await.ok()?;
+            let mut connack = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut connack))
+                .await
+                .ok()?
+                .ok()?;
+            // Held as a std socket: no task, no timer, just the descriptor.
+            (connack == [0x20, 2, 0, 0])
+                .then(|| s.into_std().ok())
+                .flatten()
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Some(s)) = done {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// True when the server has not closed the socket (nothing to read yet).
+fn still_open(mut s: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 1];
+    // `into_std` keeps the socket non-blocking.
+    matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// An MQTT 3.1.1 CONNECT with username, password and keep-alive 0.
+fn connect_packet(id: &str, secret: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 0];
+    for field in [id, id, secret] {
+        let len = u16::try_from(field.len()).unwrap_or(u16::MAX);
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    packet
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -235,6 +363,7 @@ async fn device(
         let cfg = cfg.clone();
         tokio::spawn(async move {
             let mut sim = MeterSim::new(&format!("bench-{index}"), index as u64);
+            let rendered = Rendered::new(&mut sim);
             let period = (cfg.rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / cfg.rate_hz));
             let mut next = tokio::time::Instant::now();
             let mut n = 0u64;
@@ -243,7 +372,7 @@ async fn device(
                     tokio::time::sleep_until(next).await;
                     next += p;
                 }
-                let body = message(&mut sim, n * cfg.batch as u64, cfg.batch);
+                let body = rendered.message(n * cfg.batch as u64, cfg.batch);
                 if client
                     .publish(&topic, QoS::AtLeastOnce, false, body)
                     .await
@@ -312,10 +441,15 @@ fn clock_ticks_per_s() -> f64 {
 
 /// The process's peak resident memory (VmHWM), in KiB.
 fn peak_rss_kb(pid: u32) -> Result<u64> {
+    rss_kb(pid, "VmHWM:")
+}
+
+/// A memory field of /proc/PID/status (`VmRSS:`, `VmHWM:`), in KiB.
+fn rss_kb(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmHWM in /proc/{pid}/status"))
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
 }

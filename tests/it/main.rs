@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod debian;
 mod firmware;
+mod mqtt;
 mod python;
 mod serve;
 mod simulate;

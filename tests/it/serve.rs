@@ -24,6 +24,7 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// An admin and device `m1`; returns m1's secret.
 pub(crate) fn setup(data: &Path) -> String {
     let mut add = wattson(data)
         .args([
@@ -53,7 +54,7 @@ pub(crate) fn setup(data: &Path) -> String {
 }
 
 /// The rows of table `power` as `wattson export` writes them (CSV, no header).
-fn exported_rows(data: &Path) -> Vec<String> {
+pub(crate) fn exported_rows(data: &Path) -> Vec<String> {
     export_csv(data, "power")
         .lines()
         .skip(1)
@@ -76,12 +77,22 @@ pub(crate) fn export_csv(data: &Path, table: &str) -> String {
 }
 
 /// Starts the server and returns it with the port meters connect to.
-fn start(data: &Path) -> (Child, u16) {
-    start_at(data, 0)
+pub(crate) fn start(data: &Path) -> (Child, u16) {
+    start_full(data, 0, &[], "listen")
 }
 
 /// Starts the server with meters on `port` (0: any free port).
 pub(crate) fn start_at(data: &Path, port: u16) -> (Child, u16) {
+    start_full(data, port, &[], "listen")
+}
+
+/// Starts the server with `extra` arguments and returns it with the port of
+/// the log field `field` (`listen`, or `tls_listen` for MQTT over TLS).
+pub(crate) fn start_with(data: &Path, extra: &[&str], field: &str) -> (Child, u16) {
+    start_full(data, 0, extra, field)
+}
+
+fn start_full(data: &Path, port: u16, extra: &[&str], field: &str) -> (Child, u16) {
     let subscribers = format!("127.0.0.1:{}", free_port());
     let meters = format!("127.0.0.1:{port}");
     let mut child = wattson(data)
@@ -92,18 +103,20 @@ pub(crate) fn start_at(data: &Path, port: u16) -> (Child, u16) {
             "--subscribers-listen",
             &subscribers,
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let marker = format!(" {field}=");
     let port = loop {
         let line = lines
             .next()
             .expect("serve exited before listening")
             .unwrap();
         if line.contains("meters listening")
-            && let Some(addr) = line.split("listen=").nth(1)
+            && let Some(addr) = line.split(&marker).nth(1)
         {
             break addr
                 .trim()
@@ -117,6 +130,19 @@ pub(crate) fn start_at(data: &Path, port: u16) -> (Child, u16) {
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, port)
+}
+
+/// SIGTERM, then expects exit 0.
+pub(crate) fn stop(mut server: Child) {
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = server.wait().unwrap();
+    assert!(
+        status.success(),
+        "serve must exit 0 after SIGTERM: {status}"
+    );
 }
 
 #[test]
@@ -203,6 +229,7 @@ fn config_print_default_shows_every_section() {
     for section in [
         "[storage]",
         "[mqtt]",
+        "[mqtt.tls]",
         "[subscribers]",
         "[ingest]",
         "[[ingest.topics]]",
@@ -369,6 +396,8 @@ fn bench_ingest_reports_durable_throughput() {
             "2",
             "--duration",
             "1",
+            "--idle",
+            "20",
             "--json",
         ])
         .output()
@@ -391,4 +420,5 @@ fn bench_ingest_reports_durable_throughput() {
     }
     assert!(report["messages_acked"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["connection_errors"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["idle_held"].as_u64(), Some(20), "{report}");
 }

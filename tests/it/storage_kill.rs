@@ -92,10 +92,10 @@ fn run_child(dir: &Path, round: u64, kill_after: Duration) -> Option<u64> {
             let Ok(line) = line else { break };
             // The test harness may print on the same line first
             // ("test storage_kill::child_writer ... ack 0").
-            if let Some(pos) = line.rfind("ack ") {
-                if let Ok(id) = line[pos + 4..].trim().parse::<u64>() {
-                    last = Some(id);
-                }
+            if let Some(pos) = line.rfind("ack ")
+                && let Ok(id) = line[pos + 4..].trim().parse::<u64>()
+            {
+                last = Some(id);
             }
         }
         last

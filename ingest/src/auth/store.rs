@@ -269,26 +269,45 @@ impl UserStore {
     /// OS random number generator, as 64 hex digits; only its keyed hash is
     /// stored, so show it to the operator now: it cannot be recovered.
     pub fn add_device(&self, id: &str) -> Result<String> {
-        wattson_storage::model::validate_device_name(id)
-            .map_err(|e| Error::InvalidInput(e.to_string()))?;
-        let mut raw = [0u8; 32];
-        OsRng
-            .try_fill_bytes(&mut raw)
-            .map_err(|e| Error::Random(e.to_string()))?;
-        let secret = file::encode_hex(&raw);
+        let mut secrets = self.add_devices(&[id])?;
+        secrets
+            .pop()
+            .ok_or_else(|| Error::Internal("add_devices returned no secret".into()))
+    }
+
+    /// Adds several meters in one write of the user file (a fleet, or the
+    /// simulator's meters) and returns their secrets in the order given.
+    /// All or nothing: if one id is invalid or taken (or given twice), no
+    /// device is added.
+    pub fn add_devices(&self, ids: &[&str]) -> Result<Vec<String>> {
+        let mut secrets = Vec::with_capacity(ids.len());
+        for id in ids {
+            wattson_storage::model::validate_device_name(id)
+                .map_err(|e| Error::InvalidInput(e.to_string()))?;
+            let mut raw = [0u8; 32];
+            OsRng
+                .try_fill_bytes(&mut raw)
+                .map_err(|e| Error::Random(e.to_string()))?;
+            secrets.push(file::encode_hex(&raw));
+        }
         self.mutate(|c| {
-            if c.name_taken(id) {
-                return Err(Error::NameTaken(id.to_owned()));
+            for (id, secret) in ids.iter().zip(&secrets) {
+                if c.name_taken(id) {
+                    return Err(Error::NameTaken((*id).to_owned()));
+                }
+                let device = Device {
+                    secret_hash: *blake3::keyed_hash(&c.device_key, secret.as_bytes()).as_bytes(),
+                    created: unix_now(),
+                };
+                c.devices.insert((*id).to_owned(), device);
             }
-            let device = Device {
-                secret_hash: *blake3::keyed_hash(&c.device_key, secret.as_bytes()).as_bytes(),
-                created: unix_now(),
-            };
-            c.devices.insert(id.to_owned(), device);
             Ok(())
         })?;
-        tracing::info!(device = ?id, "device added");
-        Ok(secret)
+        match ids {
+            [one] => tracing::info!(device = ?one, "device added"),
+            _ => tracing::info!(count = ids.len(), "devices added"),
+        }
+        Ok(secrets)
     }
 
     /// Removes a person or a device. Refuses to remove the last admin.

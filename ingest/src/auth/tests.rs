@@ -176,6 +176,29 @@ fn device_secrets() {
 }
 
 #[test]
+fn add_devices_is_one_write_and_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = cheap(dir.path());
+    store.add_device("taken").unwrap();
+    let err = store.add_devices(&["a1", "taken", "a2"]).unwrap_err();
+    assert!(
+        matches!(err, Error::NameTaken(ref n) if n == "taken"),
+        "{err}"
+    );
+    let err = store.add_devices(&["b1", "B1"]).unwrap_err();
+    assert!(matches!(err, Error::NameTaken(_)), "{err}");
+    assert_eq!(store.verify("a1", "x", None), Err(AuthError::Denied));
+    assert_eq!(store.list().len(), 1, "nothing of a refused batch is added");
+
+    let secrets = store.add_devices(&["m1", "m2", "m3"]).unwrap();
+    assert_eq!(secrets.len(), 3);
+    for (id, secret) in ["m1", "m2", "m3"].iter().zip(&secrets) {
+        assert_eq!(store.verify(id, secret, None), Ok(Role::Device));
+    }
+    assert_ne!(secrets[0], secrets[1]);
+}
+
+#[test]
 fn real_argon2_default_params() {
     // The only test with production parameters: one hash, two verifies.
     let dir = tempfile::tempdir().unwrap();

@@ -12,8 +12,7 @@ use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Packet, PingResp, Protocol, PubAck, PubAckReason, Publish, SubAck,
     SubscribeReasonCode, UnsubAck,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
@@ -51,8 +50,12 @@ struct Pending {
     received: Instant,
 }
 
-struct Conn<'a> {
-    socket: TcpStream,
+/// A byte stream a device talks over: TCP, or TLS over TCP.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+struct Conn<'a, S> {
+    socket: S,
     peer: SocketAddr,
     buf: BytesMut,
     out: BytesMut,
@@ -64,14 +67,12 @@ struct Conn<'a> {
 }
 
 /// Serves one socket until it closes.
-pub(super) async fn serve(
-    socket: TcpStream,
+pub(super) async fn serve<S: Stream>(
+    socket: S,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // PUBACKs are small and latency matters more than packing.
-    let _ = socket.set_nodelay(true);
     let mut conn = Conn {
         socket,
         peer,
@@ -98,10 +99,12 @@ pub(super) async fn serve(
     let why = conn.run(keep_alive, &kick, stop).await;
     shared.sessions.release(&conn.device, id);
     conn.log_close(&why);
-    let _ = conn.socket.shutdown().await;
+    // Bounded: over TLS this writes close_notify, which a client that
+    // stopped reading would never take, pinning the task and its slot.
+    let _ = tokio::time::timeout(shared.config.connect_timeout, conn.socket.shutdown()).await;
 }
 
-impl Conn<'_> {
+impl<S: Stream> Conn<'_, S> {
     /// Reads the CONNECT within `connect_timeout`, authenticates, answers
     /// CONNACK. Returns the keep-alive the client asked for.
     async fn handshake(&mut self) -> Result<Duration, Close> {
@@ -213,9 +216,29 @@ impl Conn<'_> {
                 () = kick.notified() => return Close::TakenOver,
                 () = super::stopped(&mut stop), if !stopping => stopping = true,
                 outcome = front(&mut pending), if !pending.is_empty() => {
-                    if let Some(p) = pending.pop_front()
-                        && let Err(why) = self.answer(p, outcome).await
-                    {
+                    // One group commit settles many messages at once: queue
+                    // the PUBACKs of every settled message at the front, in
+                    // order, and write them with one syscall.
+                    let mut next = outcome.ok();
+                    let mut closing = None;
+                    while let Some(p) = pending.pop_front() {
+                        if let Err(why) = self.answer(p, next) {
+                            closing = Some(why);
+                            break;
+                        }
+                        next = match pending.front_mut().map(|p| p.rx.try_recv()) {
+                            Some(Ok(o)) => Some(o),
+                            Some(Err(oneshot::error::TryRecvError::Closed)) => None,
+                            Some(Err(oneshot::error::TryRecvError::Empty)) | None => break,
+                        };
+                    }
+                    // PUBACKs already queued are for stored messages: send
+                    // them even when closing.
+                    let flushed = self.flush().await;
+                    if let Some(why) = closing {
+                        return why;
+                    }
+                    if let Err(why) = flushed {
                         return why;
                     }
                 }
@@ -335,7 +358,6 @@ impl Conn<'_> {
                 }
             }
             Ok(readings) => {
-                deps.counters.record_ok(&self.device, readings.len());
                 let job = Job {
                     device: self.device.clone(),
                     topic: topic.to_owned(),
@@ -344,6 +366,7 @@ impl Conn<'_> {
                     payload: bytes::Bytes::copy_from_slice(&p.payload),
                     rows: readings.len(),
                     readings,
+                    received_ns: now_ns,
                     reply,
                 };
                 let rows = job.rows;
@@ -373,40 +396,34 @@ impl Conn<'_> {
         Ok(())
     }
 
-    /// Sends the PUBACK for the oldest waiting message, or closes.
-    async fn answer(
-        &mut self,
-        p: Pending,
-        outcome: Result<Outcome, oneshot::error::RecvError>,
-    ) -> Result<(), Close> {
+    /// Queues the PUBACK for the oldest waiting message (written by the
+    /// next [`flush`](Self::flush)), or says why the connection must close.
+    /// `outcome` is `None` when the appender dropped the message's reply.
+    fn answer(&mut self, p: Pending, outcome: Option<Outcome>) -> Result<(), Close> {
         let stats = &self.shared.stats;
         let ackable = match &outcome {
-            Ok(Outcome::Stored { rows }) => *rows == p.rows,
-            Ok(Outcome::Rejected) => true,
-            Ok(Outcome::Failed) | Err(_) => false,
+            Some(Outcome::Stored { rows }) => *rows == p.rows,
+            Some(Outcome::Rejected) => true,
+            Some(Outcome::Failed) | None => false,
         };
         if !ackable {
-            if matches!(outcome, Ok(Outcome::Stored { .. })) {
+            if matches!(outcome, Some(Outcome::Stored { .. })) {
                 // The appender claims a different row count: a bug. Never
                 // acknowledge what we cannot account for.
                 tracing::error!(device = %self.device, ?outcome, expected = p.rows, "row count mismatch; not acknowledging");
             }
             return Err(Close::AppendFailed);
         }
-        self.send_puback(p.pkid, &outcome).await?;
+        self.queue_puback(p.pkid, outcome.as_ref())?;
         stats.record_puback(p.received.elapsed());
         Ok(())
     }
 
-    /// The only place a PUBACK is written. Re-checks the durability rule so
+    /// The only place a PUBACK is made. Re-checks the durability rule so
     /// that a future change that breaks it shows up in `lost_acknowledged`
     /// instead of silently.
-    async fn send_puback(
-        &mut self,
-        pkid: u16,
-        outcome: &Result<Outcome, oneshot::error::RecvError>,
-    ) -> Result<(), Close> {
-        if !matches!(outcome, Ok(Outcome::Stored { .. } | Outcome::Rejected)) {
+    fn queue_puback(&mut self, pkid: u16, outcome: Option<&Outcome>) -> Result<(), Close> {
+        if !matches!(outcome, Some(Outcome::Stored { .. } | Outcome::Rejected)) {
             MqttStats::inc(&self.shared.stats.lost_acknowledged);
             debug_assert!(false, "PUBACK for a message that was not stored");
             return Err(Close::AppendFailed);
@@ -415,7 +432,7 @@ impl Conn<'_> {
             pkid,
             reason: PubAckReason::Success,
         };
-        self.send(Packet::PubAck(ack, None)).await
+        self.queue(Packet::PubAck(ack, None))
     }
 
     /// Reads until one whole packet is buffered (used for CONNECT only).
@@ -445,14 +462,30 @@ impl Conn<'_> {
         }
     }
 
+    /// Encodes `packet` and writes everything queued.
     async fn send(&mut self, packet: Packet) -> Result<(), Close> {
-        self.out.clear();
+        self.queue(packet)?;
+        self.flush().await
+    }
+
+    /// Encodes `packet` behind what is already queued.
+    fn queue(&mut self, packet: Packet) -> Result<(), Close> {
         // Only packets without properties and v4 CONNACK codes are written
         // here, the cases where the codec's `write` cannot panic.
         V4.write(packet, &mut self.out)
             .map_err(|e| Close::Io(format!("encoding: {e}")))?;
+        Ok(())
+    }
+
+    /// Writes the queued packets.
+    async fn flush(&mut self) -> Result<(), Close> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         let timeout = self.shared.config.connect_timeout;
-        match tokio::time::timeout(timeout, self.socket.write_all(&self.out)).await {
+        let written = tokio::time::timeout(timeout, self.socket.write_all(&self.out)).await;
+        self.out.clear();
+        match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Close::Io(e.to_string())),
             Err(_) => Err(Close::Io("write timed out".into())),

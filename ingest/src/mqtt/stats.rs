@@ -29,6 +29,7 @@ pub struct MqttStats {
     pub(super) live_dropped: AtomicU64,
     pub(super) lost_acknowledged: AtomicU64,
     pub(super) connection_panics: AtomicU64,
+    pub(super) tls_handshake_failures: AtomicU64,
     pub(super) puback_latency: [AtomicU64; PUBACK_BUCKETS_MS.len() + 1],
     pub(super) puback_latency_sum_us: AtomicU64,
 }
@@ -66,6 +67,9 @@ pub struct MqttStatsSnapshot {
     pub lost_acknowledged: u64,
     /// Connection tasks that panicked. Must stay 0; anything else is a bug.
     pub connection_panics: u64,
+    /// TLS handshakes that failed or timed out (wrong CA, plain MQTT sent
+    /// to the TLS port, scanners).
+    pub tls_handshake_failures: u64,
     /// PUBACK latency histogram: counts per bucket of [`PUBACK_BUCKETS_MS`],
     /// plus the last, unbounded bucket.
     pub puback_latency: Vec<u64>,
@@ -93,6 +97,7 @@ impl MqttStats {
             live_dropped: get(&self.live_dropped),
             lost_acknowledged: get(&self.lost_acknowledged),
             connection_panics: get(&self.connection_panics),
+            tls_handshake_failures: get(&self.tls_handshake_failures),
             puback_latency: self.puback_latency.iter().map(get).collect(),
             puback_latency_sum_us: get(&self.puback_latency_sum_us),
         }

@@ -18,6 +18,8 @@ use super::*;
 use crate::auth::{AuthPolicy, Role, UserStore};
 use crate::live::LivePublisher;
 
+mod limits;
+
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Records what the listener offers to live subscribers.
@@ -67,7 +69,7 @@ impl Env {
             clock: Arc::new(wattson_storage::clock::SystemClock),
         };
         let config = MqttConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             ..config
         };
         let server = MqttServer::start(config, deps).await.unwrap();
@@ -85,12 +87,17 @@ impl Env {
     }
 
     fn client(&self, id: &str, login: Option<(&str, &str)>) -> (AsyncClient, EventLoop) {
-        let mut o = MqttOptions::new(id, "127.0.0.1", self.server.local_addr().port());
+        let mut o = MqttOptions::new(id, "127.0.0.1", self.addr().port());
         o.set_keep_alive(Duration::from_secs(30));
         if let Some((user, pass)) = login {
             o.set_credentials(user, pass);
         }
         AsyncClient::new(o, 100)
+    }
+
+    /// The plain listener's address.
+    fn addr(&self) -> SocketAddr {
+        self.server.local_addr().unwrap()
     }
 
     fn stats(&self) -> MqttStatsSnapshot {
@@ -358,7 +365,7 @@ async fn malformed_bytes_close_only_their_connection() {
     let secret = env.device("m1");
     let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
     connect(&mut ev).await.unwrap();
-    let addr = env.server.local_addr();
+    let addr = env.addr();
     // Garbage: a remaining length longer than four bytes.
     closed_after(addr, &[0xFF; 16]).await;
     // A PUBLISH before CONNECT.
@@ -475,9 +482,7 @@ fn connect_bytes(id: &str, secret: &str, keep_alive: u16) -> Vec<u8> {
 async fn keep_alive_is_enforced_and_pings_answered() {
     let env = Env::new().await;
     let secret = env.device("m1");
-    let mut s = tokio::net::TcpStream::connect(env.server.local_addr())
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(env.addr()).await.unwrap();
     s.write_all(&connect_bytes("m1", &secret, 1)).await.unwrap();
     let mut connack = [0u8; 4];
     s.read_exact(&mut connack).await.unwrap();
@@ -530,7 +535,7 @@ async fn shutdown_closes_connections_and_stops_accepting() {
     connect(&mut ev).await.unwrap();
     publish_n(&client, "meters/m1/power", 5).await;
     pubacks(&mut ev, 5).await;
-    let addr = env.server.local_addr();
+    let addr = env.addr();
     let stats = env.server.stats().clone();
     tokio::time::timeout(WAIT, env.server.shutdown())
         .await
@@ -545,7 +550,7 @@ async fn random_bytes_after_connect_never_panic() {
     use rand::{Rng, SeedableRng};
     let env = Env::new().await;
     let secret = env.device("m1");
-    let addr = env.server.local_addr();
+    let addr = env.addr();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for round in 0..200 {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -577,9 +582,7 @@ async fn random_bytes_after_connect_never_panic() {
 async fn a_topic_that_is_not_utf8_closes_the_connection() {
     let env = Env::new().await;
     let secret = env.device("m1");
-    let mut s = tokio::net::TcpStream::connect(env.server.local_addr())
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(env.addr()).await.unwrap();
     s.write_all(&connect_bytes("m1", &secret, 30))
         .await
         .unwrap();

@@ -383,10 +383,56 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Powers of ten that are exact in f64 (all up to 10^22 are).
+const EXACT_POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// Meter readings are short decimals (`214.9`, `-0.031`): at most 15
+/// digits and no exponent. Then the digits form an integer below 2^53 and
+/// the divisor a power of ten, both exact in f64, so one IEEE division
+/// gives the correctly rounded value, bit for bit what `str::parse` gives
+/// (Clinger's fast path), without scanning the text a second time. Anything
+/// else returns `None` for the general parser.
+fn short_decimal(text: &str) -> Option<f64> {
+    let bytes = text.as_bytes();
+    let (negative, body) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if body.is_empty() || body.len() > 16 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    let mut digits = 0usize;
+    let mut fraction: Option<usize> = None;
+    for &c in body {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                digits += 1;
+                if let Some(f) = fraction.as_mut() {
+                    *f += 1;
+                }
+            }
+            b'.' if fraction.is_none() => fraction = Some(0),
+            _ => return None,
+        }
+    }
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let value = mantissa as f64 / *EXACT_POW10.get(fraction.unwrap_or(0))?;
+    Some(if negative { -value } else { value })
+}
+
 /// JSON numbers become f64. Integers too: a channel's type must not depend
 /// on whether a meter happened to print `230` or `230.0`. Integer channels
 /// (i64) are sent with line protocol's `12i`.
 pub(super) fn parse_f64(key: &str, text: &str) -> Result<f64, PayloadError> {
+    if let Some(v) = short_decimal(text) {
+        return Ok(v);
+    }
     match text.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
         _ => Err(PayloadError::NotANumber {
