@@ -422,3 +422,56 @@ fn bench_ingest_reports_durable_throughput() {
     assert_eq!(report["connection_errors"].as_u64(), Some(0), "{report}");
     assert_eq!(report["idle_held"].as_u64(), Some(20), "{report}");
 }
+
+/// `wattson sql` opens the data directory read-only beside the running
+/// server: a reading is in its answer as soon as the PUBACK arrived.
+#[test]
+fn a_reading_is_queryable_as_soon_as_its_puback_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = setup(&data);
+    let (server, port) = start(&data);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut opts = MqttOptions::new("m1", "127.0.0.1", port);
+    opts.set_credentials("m1", secret.as_str());
+    let (client, mut ev) = rt.block_on(async { AsyncClient::new(opts, 10) });
+    let sql = |query: &str| {
+        let out = wattson(&data)
+            .args(["sql", query, "--format", "csv"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for i in 0..3i64 {
+        rt.block_on(async {
+            let payload = format!(r#"{{"ts":{},"pa_v":{i}.5}}"#, 1_658_244_261_000i64 + i * 1000);
+            client
+                .publish("meters/m1/power", QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+                    Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => break,
+                    Ok(Ok(_)) => {}
+                    other => panic!("no PUBACK: {other:?}"),
+                }
+            }
+        });
+        let out = sql("SELECT count(*) AS n, max(pa_v) AS newest FROM power");
+        assert_eq!(out, format!("n,newest\n{},{i}.5\n", i + 1));
+    }
+    let out = sql("SELECT dt, pa_v FROM m1_power_2022_07 ORDER BY dt");
+    assert_eq!(
+        out,
+        "dt,pa_v\n2022-07-19T15:24:21,0.5\n2022-07-19T15:24:22,1.5\n2022-07-19T15:24:23,2.5\n"
+    );
+    stop(server);
+}
