@@ -109,23 +109,20 @@ fn start(data: &Path) -> (Child, u16) {
     (child, port)
 }
 
-#[test]
-fn readings_acknowledged_over_mqtt_survive_a_graceful_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let secret = setup(&data);
-    let (mut server, port) = start(&data);
-
+/// Publishes readings `range` (second `i` after the seed's first, pa_v
+/// `200 + i + 0.5`) as meter m1 with QoS 1; returns how many got a PUBACK.
+fn publish_acked(port: u16, secret: &str, range: std::ops::Range<i64>) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let acked = rt.block_on(async {
+    let want = range.clone().count();
+    rt.block_on(async {
         let mut opts = MqttOptions::new("m1", "127.0.0.1", port);
-        opts.set_credentials("m1", secret.as_str());
+        opts.set_credentials("m1", secret);
         opts.set_keep_alive(Duration::from_secs(30));
         let (client, mut ev) = AsyncClient::new(opts, 100);
-        for i in 0..20 {
+        for i in range {
             let payload = format!(
                 r#"{{"ts":{},"pa_v":{}.5}}"#,
                 1_658_244_261_000i64 + i * 1000,
@@ -137,7 +134,7 @@ fn readings_acknowledged_over_mqtt_survive_a_graceful_stop() {
                 .unwrap();
         }
         let mut acked = 0;
-        while acked < 20 {
+        while acked < want {
             match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
                 Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => acked += 1,
                 Ok(Ok(_)) => {}
@@ -146,8 +143,52 @@ fn readings_acknowledged_over_mqtt_survive_a_graceful_stop() {
             }
         }
         acked
-    });
-    assert_eq!(acked, 20);
+    })
+}
+
+/// `wattson sql` opens the directory read-only, so it answers while the
+/// server holds the directory lock and writes, and disturbs nothing.
+#[test]
+fn sql_queries_the_data_directory_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = setup(&data);
+    let (mut server, port) = start(&data);
+    let query = |sql: &str| {
+        let out = wattson(&data)
+            .args(["sql", sql, "--format", "csv"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "wattson sql failed beside a running server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(publish_acked(port, &secret, 0..20), 20);
+    let sql = "SELECT count(*) AS n, max(pa_v) AS top FROM power";
+    assert_eq!(query(sql), "n,top\n20,219.5\n");
+    // The server keeps accepting readings, and a later query sees them.
+    assert_eq!(publish_acked(port, &secret, 20..30), 10);
+    assert_eq!(query(sql), "n,top\n30,229.5\n");
+
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.wait().unwrap().success());
+    assert_eq!(exported_rows(&data).len(), 30);
+}
+
+#[test]
+fn readings_acknowledged_over_mqtt_survive_a_graceful_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = setup(&data);
+    let (mut server, port) = start(&data);
+
+    assert_eq!(publish_acked(port, &secret, 0..20), 20);
 
     let pid = server.id().to_string();
     assert!(
