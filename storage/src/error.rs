@@ -79,7 +79,7 @@ pub enum Error {
     /// A write (append, flush, compaction, retention) on a store opened with
     /// [`crate::Store::open_read_only`].
     #[error(
-        "the store in {path} is open read-only; {operation} needs the writing process (wattson serve) or a writable open"
+        "the store in {path} was opened read-only, so {operation} is not allowed; only the process that owns the directory can write"
     )]
     ReadOnly {
         path: PathBuf,

@@ -62,7 +62,7 @@ pub struct StoreOptions {
     /// How often the maintenance thread looks for compaction and retention work.
     pub maintenance_interval: Duration,
     /// Run sealing, compaction and retention in background threads. Tests
-    /// that drive them by hand turn this off.
+    /// that drive them by hand turn this off. Read-only opens start none.
     pub background: bool,
 }
 
@@ -383,7 +383,7 @@ impl Store {
     /// LOCK is not taken. Damaged segments and WAL records are skipped and
     /// listed in [`Store::recovery_report`], left where they are; a torn WAL
     /// tail (usually a record the writer is still writing) is ignored.
-    /// `open.background` is ignored: no thread is started. Writes fail with
+    /// `opts.background` is ignored: no thread is started. Writes fail with
     /// [`Error::ReadOnly`]; [`Store::close`] does nothing.
     ///
     /// The writer adds and removes files while this reads them (sealing trims

@@ -11,7 +11,8 @@
 //!   the bytes.
 //!
 //! The rules (see `docs/storage-format.md, "Write-ahead log"`): a bad frame at the end of the last
-//! file is a torn tail, truncated away. Anywhere else the scanner looks for
+//! file is a torn tail, truncated away (a read-only replay only reports it:
+//! beside a live writer it is usually a record being written). Anywhere else the scanner looks for
 //! the next valid record byte by byte; the bytes it skips are damage,
 //! reported and copied to the quarantine directory, and the records after
 //! them are still replayed. A file with an unusable header is moved to
