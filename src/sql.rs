@@ -1,5 +1,6 @@
 //! `wattson sql`: one query against a data directory, printed as a table,
-//! CSV or JSON lines.
+//! CSV or JSON lines. The store is opened read-only, so a server may be
+//! writing the directory meanwhile; the query sees a snapshot taken at open.
 
 use std::io::Write;
 use std::path::Path;
@@ -33,20 +34,11 @@ pub fn run(data_dir: &Path, sql: &str, format: SqlFormat, out: &mut dyn Write) -
             data_dir.display()
         );
     }
-    let opts = StoreOptions {
-        background: false,
-        ..StoreOptions::default()
-    };
-    let store = match Store::open(data_dir, opts) {
-        Ok(store) => Arc::new(store),
-        Err(wattson_storage::Error::Locked { path }) => bail!(
-            "a running server holds {}; stop it, or query it over Flight SQL",
-            path.display()
-        ),
-        Err(e) => {
-            return Err(e).with_context(|| format!("opening {}", data_dir.display()));
-        }
-    };
+    // Read-only: no lock, nothing written, so this works beside a running
+    // `wattson serve`. The query sees the data as it was at this open.
+    let store = Store::open_read_only(data_dir, StoreOptions::default())
+        .map(Arc::new)
+        .with_context(|| format!("opening {} read-only", data_dir.display()))?;
     let engine = QueryEngine::new(store.clone(), None, &QueryOptions::default())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -61,6 +53,7 @@ pub fn run(data_dir: &Path, sql: &str, format: SqlFormat, out: &mut dyn Write) -
         printer.finish()
     });
     drop(engine);
+    // A no-op for a read-only store; kept so a failure would not go unseen.
     store.close().context("closing the store")?;
     result
 }

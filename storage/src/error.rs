@@ -76,6 +76,29 @@ pub enum Error {
     )]
     Locked { path: PathBuf },
 
+    /// A write (append, flush, compaction, retention) on a store opened with
+    /// [`crate::Store::open_read_only`].
+    #[error(
+        "the store in {path} was opened read-only, so {operation} is not allowed; only the process that owns the directory can write"
+    )]
+    ReadOnly {
+        path: PathBuf,
+        operation: &'static str,
+    },
+
+    /// A read-only open was given a directory that does not exist; it
+    /// creates nothing, so there is nothing to read.
+    #[error("data directory {path} does not exist")]
+    NoSuchDirectory { path: PathBuf },
+
+    /// A read-only open kept finding files added or removed by the writing
+    /// process while it read them (a seal, compaction or retention each
+    /// time), so it could not take a consistent snapshot.
+    #[error(
+        "data directory {path} changed during each of {attempts} attempts to open it read-only (the writing process sealed, compacted or expired data meanwhile); try again"
+    )]
+    ChangedDuringOpen { path: PathBuf, attempts: u32 },
+
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,

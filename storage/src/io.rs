@@ -188,8 +188,9 @@ impl Vfs for RealFs {
         // files: they are written once under a temporary name, fsynced, renamed
         // into place and never opened for writing again; compaction and
         // retention unlink them, which leaves an existing map intact. Another
-        // process writing into the data directory is excluded by the
-        // directory lock.
+        // writing process is excluded by the directory lock; a read-only
+        // store in another process maps the same sealed files while the
+        // writer runs, and the writer, too, only ever unlinks them.
         let map = unsafe { memmap2::Mmap::map(&file)? };
         Ok(Mapped::new(Arc::new(MmapBytes(map))))
     }

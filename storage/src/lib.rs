@@ -11,6 +11,8 @@
 //!   memory maps. The WAL is trimmed only once those files are durable.
 //! - Compaction merges a partition's small segments; retention drops whole
 //!   months.
+//! - [`Store::open_read_only`] gives a snapshot of a directory that another
+//!   process may be writing: no lock, nothing written, writes refused.
 //! - All file I/O goes through [`io::Vfs`] and time through [`clock::Clock`],
 //!   so tests can inject crashes, I/O errors and time.
 //!

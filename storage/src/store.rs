@@ -32,6 +32,10 @@ const LOCK_FILE: &str = "LOCK";
 const WAL_DIR: &str = "wal";
 const TABLES_DIR: &str = "tables";
 const QUARANTINE_DIR: &str = "quarantine";
+/// How often a read-only open starts over when the writer changed the
+/// directory under it. Each attempt races one seal, compaction or retention
+/// round, which are minutes apart, so a few suffice.
+const READ_ONLY_OPEN_ATTEMPTS: u32 = 5;
 pub(crate) const SEGMENT_EXT: &str = "wseg";
 
 /// Settings of a [`Store`]. `Default` gives the production defaults.
@@ -58,7 +62,7 @@ pub struct StoreOptions {
     /// How often the maintenance thread looks for compaction and retention work.
     pub maintenance_interval: Duration,
     /// Run sealing, compaction and retention in background threads. Tests
-    /// that drive them by hand turn this off.
+    /// that drive them by hand turn this off. Read-only opens start none.
     pub background: bool,
 }
 
@@ -266,17 +270,44 @@ impl Shared {
 
 /// The store. Cheap to share behind an `Arc`; every method takes `&self`.
 ///
-/// Opening takes an exclusive lock on the data directory, replays the WAL and
-/// starts the background threads (unless `background` is off). Dropping the
-/// store stops them; [`Store::close`] also seals buffered rows first.
+/// [`Store::open`] takes an exclusive lock on the data directory, replays the
+/// WAL and starts the background threads (unless `background` is off).
+/// Dropping the store stops them; [`Store::close`] also seals buffered rows
+/// first. [`Store::open_read_only`] gives a snapshot that only reads.
 #[derive(Debug)]
 pub struct Store {
     shared: Arc<Shared>,
-    wal: Arc<StoreWal>,
+    /// `None` for a read-only store, which never writes the log.
+    wal: Option<Arc<StoreWal>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     recovery: Vec<RecoveryEvent>,
     closed: AtomicBool,
-    _lock: DirLock,
+    /// Held for its `Drop`; `None` for a read-only store, which must not
+    /// take the writer's exclusive lock.
+    _lock: Option<DirLock>,
+}
+
+fn new_shared(dir: &Path, opts: &StoreOptions) -> Arc<Shared> {
+    Arc::new(Shared {
+        dir: dir.to_owned(),
+        opts: opts.clone(),
+        catalog: Mutex::new(Catalog::default()),
+        catalog_save: Mutex::new(()),
+        catalog_version: Mutex::new((0, 0)),
+        state: RwLock::new(State::default()),
+        pending: Mutex::new(Pending::default()),
+        active_bytes: AtomicUsize::new(0),
+        apply_signal: Condvar::new(),
+        space: Condvar::new(),
+        space_lock: Mutex::new(()),
+        seal_wanted: Mutex::new(false),
+        seal_signal: Condvar::new(),
+        shutdown: AtomicBool::new(false),
+        durable_dirs: Mutex::new(Default::default()),
+        seal_lock: Mutex::new(()),
+        compact_lock: Mutex::new(()),
+        last_error: Mutex::new(None),
+    })
 }
 
 impl Store {
@@ -295,28 +326,9 @@ impl Store {
                 Error::io(&lock_path, e)
             }
         })?;
-        let shared = Arc::new(Shared {
-            dir: dir.clone(),
-            opts: opts.clone(),
-            catalog: Mutex::new(Catalog::default()),
-            catalog_save: Mutex::new(()),
-            catalog_version: Mutex::new((0, 0)),
-            state: RwLock::new(State::default()),
-            pending: Mutex::new(Pending::default()),
-            active_bytes: AtomicUsize::new(0),
-            apply_signal: Condvar::new(),
-            space: Condvar::new(),
-            space_lock: Mutex::new(()),
-            seal_wanted: Mutex::new(false),
-            seal_signal: Condvar::new(),
-            shutdown: AtomicBool::new(false),
-            durable_dirs: Mutex::new(Default::default()),
-            seal_lock: Mutex::new(()),
-            compact_lock: Mutex::new(()),
-            last_error: Mutex::new(None),
-        });
+        let shared = new_shared(&dir, &opts);
         let mut report = Vec::new();
-        let recovered = recovery::load_segments(&shared, &mut report)?;
+        let recovered = recovery::load_segments(&shared, recovery::Mode::Write, &mut report)?;
         let on_commit = {
             let shared = shared.clone();
             Box::new(move |committed: Vec<(u64, Vec<PreparedRow>)>| shared.on_commit(committed))
@@ -347,16 +359,118 @@ impl Store {
         }
         let store = Store {
             shared,
-            wal: Arc::new(wal),
+            wal: Some(Arc::new(wal)),
             threads: Mutex::new(Vec::new()),
             recovery: report,
             closed: AtomicBool::new(false),
-            _lock: lock,
+            _lock: Some(lock),
         };
         if opts.background {
             store.start_background();
         }
         Ok(store)
+    }
+
+    /// Opens the store in `dir` for reading only, beside a writer that may
+    /// hold it open (`wattson serve`), or with none.
+    ///
+    /// The store is a snapshot of the directory at open time: the sealed
+    /// segments plus the WAL replayed into memory, exactly the rows a writer
+    /// would see after recovery. It does not follow later writes; open again
+    /// for newer data.
+    ///
+    /// Nothing in `dir` is created, renamed, truncated or deleted, and the
+    /// LOCK is not taken. Damaged segments and WAL records are skipped and
+    /// listed in [`Store::recovery_report`], left where they are; a torn WAL
+    /// tail (usually a record the writer is still writing) is ignored.
+    /// `opts.background` is ignored: no thread is started. Writes fail with
+    /// [`Error::ReadOnly`]; [`Store::close`] does nothing.
+    ///
+    /// The writer adds and removes files while this reads them (sealing trims
+    /// WAL files once their rows are in new segments). The open checks that
+    /// no segment or WAL file came or went while it loaded, and starts over
+    /// if one did or if a file vanished under it; after a few attempts it
+    /// gives up with [`Error::ChangedDuringOpen`]. A missing `dir` is
+    /// [`Error::NoSuchDirectory`].
+    pub fn open_read_only(dir: impl Into<PathBuf>, opts: StoreOptions) -> Result<Store> {
+        let dir = dir.into();
+        let mut attempt = 0;
+        loop {
+            if !opts.vfs.is_dir(&dir) {
+                return Err(Error::NoSuchDirectory { path: dir });
+            }
+            attempt += 1;
+            match Store::try_open_read_only(&dir, &opts) {
+                Ok(Some(store)) => return Ok(store),
+                Ok(None) => {}
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if attempt >= READ_ONLY_OPEN_ATTEMPTS {
+                return Err(Error::ChangedDuringOpen {
+                    path: dir,
+                    attempts: attempt,
+                });
+            }
+            tracing::debug!(data_dir = %dir.display(), attempt, "directory changed during a read-only open; starting over");
+            // Let the writer finish what it is doing (a seal writes several
+            // files, then trims the log) before looking again.
+            std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+        }
+    }
+
+    /// One attempt of [`Store::open_read_only`]: `None` if a segment or WAL
+    /// file came or went meanwhile.
+    fn try_open_read_only(dir: &Path, opts: &StoreOptions) -> Result<Option<Store>> {
+        let shared = new_shared(dir, opts);
+        let wal_dir = dir.join(WAL_DIR);
+        let before = recovery::listing(&shared, &wal_dir)?;
+        let mut report = Vec::new();
+        let recovered = recovery::load_segments(&shared, recovery::Mode::ReadOnly, &mut report)?;
+        let mut replay = |seq: u64, payload: &[u8]| -> Result<()> {
+            recovery::replay_record(&shared, &recovered, seq, payload, &mut report);
+            Ok(())
+        };
+        let wal_events = wal::replay_read_only(opts.vfs.as_ref(), &wal_dir, &mut replay)?;
+        report.extend(wal_events.into_iter().map(RecoveryEvent::Wal));
+        // Segments were loaded before the log was read; had a seal trimmed
+        // log files in between, their rows would be in neither. An unchanged
+        // listing rules that out.
+        if recovery::listing(&shared, &wal_dir)? != before {
+            return Ok(None);
+        }
+        let replayed = shared.state.read().active.bytes();
+        shared.active_bytes.store(replayed, Ordering::Release);
+        for event in &report {
+            match event {
+                // Beside a live writer this is the record being written.
+                RecoveryEvent::Wal(wal::RecoveryEvent::TornTail { .. }) => {
+                    tracing::debug!(data_dir = %dir.display(), "read-only open: {event}");
+                }
+                _ => tracing::warn!(data_dir = %dir.display(), "read-only open: {event}"),
+            }
+        }
+        Ok(Some(Store {
+            shared,
+            wal: None,
+            threads: Mutex::new(Vec::new()),
+            recovery: report,
+            closed: AtomicBool::new(false),
+            _lock: None,
+        }))
+    }
+
+    /// Whether the store was opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.wal.is_none()
+    }
+
+    /// The log, or [`Error::ReadOnly`] naming `operation`.
+    fn writable(&self, operation: &'static str) -> Result<&Arc<StoreWal>> {
+        self.wal.as_ref().ok_or_else(|| Error::ReadOnly {
+            path: self.shared.dir.clone(),
+            operation,
+        })
     }
 
     /// Opens a store on the real file system with default settings.
@@ -365,13 +479,15 @@ impl Store {
     }
 
     fn start_background(&self) {
+        let Some(wal) = self.wal.clone() else {
+            return;
+        };
         let mut threads = self.threads.lock();
-        let wal = self.wal.clone();
-        let shared = self.shared.clone();
+        let (shared, seal_wal) = (self.shared.clone(), wal.clone());
         let sealer = std::thread::Builder::new()
             .name("wattson-seal".into())
-            .spawn(move || maintenance::seal_loop(&shared, &wal));
-        let (shared, wal) = (self.shared.clone(), self.wal.clone());
+            .spawn(move || maintenance::seal_loop(&shared, &seal_wal));
+        let shared = self.shared.clone();
         let maint = std::thread::Builder::new()
             .name("wattson-maintenance".into())
             .spawn(move || maintenance::maintenance_loop(&shared, &wal));
@@ -406,17 +522,18 @@ impl Store {
     /// - When the buffer is full and sealing falls behind, `append` blocks
     ///   until space frees up: backpressure, never loss.
     pub fn append(&self, readings: Vec<Reading>) -> Result<AppendReceipt> {
+        let wal = self.writable("append")?;
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         let rows = readings.len();
         if rows == 0 {
             return Ok(AppendReceipt {
-                seq: self.wal.last_committed_seq(),
+                seq: wal.last_committed_seq(),
                 rows: 0,
             });
         }
-        self.wait_for_space()?;
+        self.wait_for_space(wal)?;
         let payload = batch::encode(&readings);
         // Checked before admission, so a rejected batch leaves the schema
         // as it was.
@@ -427,7 +544,7 @@ impl Store {
                 wal::MAX_PAYLOAD
             )));
         }
-        if let Some(cause) = self.wal.is_poisoned() {
+        if let Some(cause) = wal.is_poisoned() {
             return Err(Error::WalPoisoned { cause });
         }
         let prepared = {
@@ -439,7 +556,7 @@ impl Store {
             }
             rows
         };
-        let seq = self.wal.append(payload, prepared)?;
+        let seq = wal.append(payload, prepared)?;
         Ok(AppendReceipt { seq, rows })
     }
 
@@ -459,7 +576,7 @@ impl Store {
         Ok(())
     }
 
-    fn wait_for_space(&self) -> Result<()> {
+    fn wait_for_space(&self, wal: &StoreWal) -> Result<()> {
         let limit = self.shared.opts.buffer_bytes;
         let mut guard = self.shared.space_lock.lock();
         loop {
@@ -470,7 +587,7 @@ impl Store {
                 return Err(Error::Closed);
             }
             // A poisoned log can never seal again, so no space will come.
-            if let Some(cause) = self.wal.is_poisoned() {
+            if let Some(cause) = wal.is_poisoned() {
                 return Err(Error::WalPoisoned { cause });
             }
             self.shared.request_seal();
@@ -606,6 +723,7 @@ impl Store {
     /// Sets or clears a table's retention period. Takes effect at the next
     /// maintenance round or [`Store::enforce_retention`], and for appends at once.
     pub fn set_retention(&self, table: &str, retention: Option<Duration>) -> Result<()> {
+        self.writable("setting retention")?;
         let _save = self.shared.catalog_save.lock();
         let mut catalog = self.shared.catalog.lock();
         if catalog.table(table).is_none() {
@@ -621,17 +739,18 @@ impl Store {
     /// Drops every month that has fallen out of its table's retention period.
     /// Returns the number of partitions removed.
     pub fn enforce_retention(&self) -> Result<usize> {
-        maintenance::enforce_retention(&self.shared, &self.wal)
+        maintenance::enforce_retention(&self.shared, self.writable("enforcing retention")?)
     }
 
     /// Seals every buffered row into segment files and trims the WAL.
     pub fn flush(&self) -> Result<()> {
-        maintenance::seal_all(&self.shared, &self.wal)
+        maintenance::seal_all(&self.shared, self.writable("flush")?)
     }
 
     /// Compacts every partition that has more than one segment file, within
     /// the row bound. Returns how many partitions were compacted.
     pub fn compact(&self) -> Result<usize> {
+        self.writable("compaction")?;
         maintenance::compact_all(&self.shared, 2)
     }
 
@@ -708,21 +827,25 @@ impl Store {
         self.shared.last_error.lock().clone()
     }
 
-    /// Counters of the write-ahead log.
+    /// Counters of the write-ahead log (all zero for a read-only store).
     pub fn wal_stats(&self) -> wal::WalStats {
-        self.wal.stats()
+        self.wal.as_ref().map(|w| w.stats()).unwrap_or_default()
     }
 
     /// Stops accepting appends, waits for those in flight, seals the buffer
     /// and stops the background threads. Data is safe in the WAL even if
-    /// sealing fails, so an error here loses nothing.
+    /// sealing fails, so an error here loses nothing. On a read-only store
+    /// it only marks the store closed: there is nothing to write.
     pub fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
         self.stop_threads();
-        let sealed = maintenance::seal_all(&self.shared, &self.wal);
-        let closed = self.wal.close();
+        let sealed = maintenance::seal_all(&self.shared, wal);
+        let closed = wal.close();
         sealed.and(closed)
     }
 

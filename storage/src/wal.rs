@@ -14,7 +14,7 @@
 //! protocol and the recovery rules are in `docs/storage-format.md, "Write-ahead log"`.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -79,7 +79,8 @@ impl Default for WalOptions {
 pub enum RecoveryEvent {
     /// The last file ended in an incomplete or failing record (or an
     /// incomplete header, then `offset` is 0 and the file was removed). The
-    /// file was truncated at `offset`.
+    /// file was truncated at `offset`. After [`replay_read_only`] the file
+    /// is left as it was.
     TornTail {
         file: PathBuf,
         offset: u64,
@@ -102,6 +103,27 @@ pub enum RecoveryEvent {
         reason: String,
         quarantined: Option<PathBuf>,
     },
+}
+
+/// Replays every intact record of the log in `dir` through `replay(seq,
+/// payload)`, like [`Wal::open`], but changes nothing: no file is created,
+/// truncated, removed or quarantined, and no committer starts. Damage and
+/// torn tails are only reported. Meant for a reader beside a live writer,
+/// where the last file's tail is usually a record still being written. A
+/// missing directory is an empty log.
+///
+/// A file that vanishes while it is read (the writer trimmed it) fails with
+/// an [`Error::Io`] of kind `NotFound`; the caller decides whether to retry.
+pub fn replay_read_only(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    replay: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<Vec<RecoveryEvent>> {
+    if !vfs.is_dir(dir) {
+        return Ok(Vec::new());
+    }
+    let rec = recovery::recover(vfs, dir, None, recovery::Repair::ReadOnly, replay)?;
+    Ok(rec.events)
 }
 
 /// Counters since open.
@@ -160,7 +182,13 @@ impl<T: Send + 'static> Wal<T> {
             )));
         }
         recovery::create_dir_durably(&*vfs, &dir)?;
-        let rec = recovery::recover(&*vfs, &dir, opts.quarantine_dir.as_deref(), replay)?;
+        let rec = recovery::recover(
+            &*vfs,
+            &dir,
+            opts.quarantine_dir.as_deref(),
+            recovery::Repair::Write,
+            replay,
+        )?;
 
         // A killed process leaves unsynced records in the page cache, where
         // `replay` saw them: make them durable before anything builds on them.

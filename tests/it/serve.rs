@@ -452,7 +452,10 @@ fn a_reading_is_queryable_as_soon_as_its_puback_arrives() {
     };
     for i in 0..3i64 {
         rt.block_on(async {
-            let payload = format!(r#"{{"ts":{},"pa_v":{i}.5}}"#, 1_658_244_261_000i64 + i * 1000);
+            let payload = format!(
+                r#"{{"ts":{},"pa_v":{i}.5}}"#,
+                1_658_244_261_000i64 + i * 1000
+            );
             client
                 .publish("meters/m1/power", QoS::AtLeastOnce, false, payload)
                 .await

@@ -20,7 +20,9 @@ use crate::wal;
 pub enum RecoveryEvent {
     /// Found while replaying the write-ahead log.
     Wal(wal::RecoveryEvent),
-    /// A segment file failed its checks and was moved out of the store.
+    /// A segment file failed its checks and was moved out of the store
+    /// (`moved_to`), or was only skipped (`None`: a read-only open, or the
+    /// move failed).
     SegmentQuarantined {
         file: PathBuf,
         reason: String,
@@ -49,14 +51,19 @@ impl fmt::Display for RecoveryEvent {
                 file,
                 reason,
                 moved_to,
-            } => write!(
-                f,
-                "segment {} is damaged ({reason}); moved to {}",
-                file.display(),
-                moved_to
-                    .as_deref()
-                    .map_or("nowhere".into(), |p| p.display().to_string())
-            ),
+            } => match moved_to {
+                Some(to) => write!(
+                    f,
+                    "segment {} is damaged ({reason}); moved to {}",
+                    file.display(),
+                    to.display()
+                ),
+                None => write!(
+                    f,
+                    "segment {} is damaged ({reason}); skipped and left in place",
+                    file.display()
+                ),
+            },
             RecoveryEvent::CompactionLeftover { file } => {
                 write!(
                     f,
@@ -94,7 +101,22 @@ pub(super) struct Recovered {
     pub(super) next_seq: u64,
 }
 
-pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) -> Result<Recovered> {
+/// Whether loading may repair the directory. A read-only open changes
+/// nothing: damage is reported and skipped in place, and temporary files
+/// and compaction inputs are left to the writer, whose seals and
+/// compactions produce both in normal operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Write,
+    ReadOnly,
+}
+
+pub(super) fn load_segments(
+    shared: &Shared,
+    mode: Mode,
+    report: &mut Vec<RecoveryEvent>,
+) -> Result<Recovered> {
+    let writable = mode == Mode::Write;
     let vfs = shared.vfs();
     let mut catalog = match Catalog::load(vfs, &shared.dir) {
         Ok(Some(c)) => c,
@@ -109,7 +131,11 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
         }
         Err(e @ Error::Corrupt { .. }) => {
             let path = shared.dir.join(CATALOG_FILE);
-            let moved_to = quarantine(shared, &path);
+            let moved_to = if writable {
+                quarantine(shared, &path)
+            } else {
+                None
+            };
             report.push(RecoveryEvent::CatalogRebuilt {
                 reason: e.to_string(),
                 moved_to,
@@ -137,6 +163,11 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
                 {
                     let name = file_name(&file).unwrap_or_default();
                     if name.ends_with(".tmp") {
+                        // Beside a live writer this is a seal or compaction
+                        // in progress; it is not part of the store either way.
+                        if !writable {
+                            continue;
+                        }
                         remove_durably(vfs, &file)?;
                         report.push(RecoveryEvent::TempFileRemoved { file });
                         continue;
@@ -156,7 +187,11 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
                         // Only damage is isolated; an I/O error (permissions,
                         // memory) says nothing about the file and stops the open.
                         Err(e @ Error::Corrupt { .. }) => {
-                            let moved_to = quarantine(shared, &file);
+                            let moved_to = if writable {
+                                quarantine(shared, &file)
+                            } else {
+                                None
+                            };
                             report.push(RecoveryEvent::SegmentQuarantined {
                                 file,
                                 reason: e.to_string(),
@@ -188,7 +223,11 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
             let covering = segs.iter().any(|s| covers(&segs[i], s));
             if covering && let Err(e @ Error::Corrupt { .. }) = segs[i].verify() {
                 let seg = segs.remove(i);
-                let moved_to = quarantine(shared, seg.path());
+                let moved_to = if writable {
+                    quarantine(shared, seg.path())
+                } else {
+                    None
+                };
                 report.push(RecoveryEvent::SegmentQuarantined {
                     file: seg.path().to_owned(),
                     reason: e.to_string(),
@@ -205,10 +244,15 @@ pub(super) fn load_segments(shared: &Shared, report: &mut Vec<RecoveryEvent>) ->
                 .iter()
                 .any(|k| k.meta().min_seq <= lo && hi <= k.meta().max_seq)
             {
-                remove_durably(vfs, seg.path())?;
-                report.push(RecoveryEvent::CompactionLeftover {
-                    file: seg.path().to_owned(),
-                });
+                // The same rule the writer applies, so a reader sees what the
+                // writer will; only the writer deletes the file (beside a live
+                // writer it is usually a compaction about to delete it).
+                if writable {
+                    remove_durably(vfs, seg.path())?;
+                    report.push(RecoveryEvent::CompactionLeftover {
+                        file: seg.path().to_owned(),
+                    });
+                }
                 continue;
             }
             kept.push(seg);
@@ -309,6 +353,34 @@ fn check_segment(
         }
     }
     Ok(())
+}
+
+/// Every segment file and WAL file of the directory, sorted: a read-only
+/// open compares this before and after it loads, because the writer only
+/// ever adds and removes these files (never rewrites one), so an unchanged
+/// listing means the open saw one consistent state.
+pub(super) fn listing(shared: &Shared, wal_dir: &Path) -> Result<Vec<PathBuf>> {
+    let vfs = shared.vfs();
+    let mut out = Vec::new();
+    for table_dir in list_dirs(shared, &shared.tables_dir())? {
+        for device_dir in list_dirs(shared, &table_dir)? {
+            for month_dir in list_dirs(shared, &device_dir)? {
+                for file in vfs
+                    .list_dir(&month_dir)
+                    .map_err(|e| Error::io(&month_dir, e))?
+                {
+                    if file_name(&file).is_some_and(|n| n.ends_with(&format!(".{SEGMENT_EXT}"))) {
+                        out.push(file);
+                    }
+                }
+            }
+        }
+    }
+    if vfs.is_dir(wal_dir) {
+        out.extend(vfs.list_dir(wal_dir).map_err(|e| Error::io(wal_dir, e))?);
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn list_dirs(shared: &Shared, dir: &Path) -> Result<Vec<PathBuf>> {

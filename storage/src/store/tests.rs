@@ -16,6 +16,8 @@ use crate::clock::ManualClock;
 use crate::io::{FaultFs, FaultPlan};
 use crate::model::{ChannelType, Value};
 
+mod read_only;
+
 const SEC: i64 = 1_000_000_000;
 /// 2022-07-19T15:24:21Z, the seed's first reading.
 const T0: i64 = 1_658_244_261 * SEC;

@@ -11,7 +11,8 @@
 //!   the bytes.
 //!
 //! The rules (see `docs/storage-format.md, "Write-ahead log"`): a bad frame at the end of the last
-//! file is a torn tail, truncated away. Anywhere else the scanner looks for
+//! file is a torn tail, truncated away (a read-only replay only reports it:
+//! beside a live writer it is usually a record being written). Anywhere else the scanner looks for
 //! the next valid record byte by byte; the bytes it skips are damage,
 //! reported and copied to the quarantine directory, and the records after
 //! them are still replayed. A file with an unusable header is moved to
@@ -46,10 +47,22 @@ pub(super) struct Recovered {
 
 pub(super) type Replay<'a> = &'a mut dyn FnMut(u64, &[u8]) -> Result<()>;
 
+/// How much recovery may change on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Repair {
+    /// The owner of the log: truncate torn tails, remove cut-off files,
+    /// copy damage to the quarantine directory.
+    Write,
+    /// A reader beside a live writer: change nothing. What looks like a torn
+    /// tail is then usually a record the writer is still writing.
+    ReadOnly,
+}
+
 pub(super) fn recover(
     vfs: &dyn Vfs,
     dir: &Path,
     quarantine_dir: Option<&Path>,
+    repair: Repair,
     replay: Replay<'_>,
 ) -> Result<Recovered> {
     let mut files = Vec::new();
@@ -69,6 +82,7 @@ pub(super) fn recover(
     let mut scan = Scan {
         vfs,
         dir,
+        repair,
         quarantine: Quarantine {
             vfs,
             dir: quarantine_dir,
@@ -96,6 +110,7 @@ pub(super) fn recover(
 struct Scan<'a> {
     vfs: &'a dyn Vfs,
     dir: &'a Path,
+    repair: Repair,
     quarantine: Quarantine<'a>,
     /// Highest seq replayed so far, across files.
     last_seq: Option<u64>,
@@ -120,13 +135,16 @@ impl Scan<'_> {
             }
             Err(_) if is_last && bytes.len() < HEADER_LEN => {
                 // Rotation writes and syncs the header before any record, so
-                // a short last file is a rotation cut off by a crash.
-                self.vfs
-                    .remove_file(&path)
-                    .map_err(|e| Error::io(&path, e))?;
-                self.vfs
-                    .sync_dir(self.dir)
-                    .map_err(|e| Error::io(self.dir, e))?;
+                // a short last file is a rotation cut off by a crash (or,
+                // beside a live writer, one being written right now).
+                if self.repair == Repair::Write {
+                    self.vfs
+                        .remove_file(&path)
+                        .map_err(|e| Error::io(&path, e))?;
+                    self.vfs
+                        .sync_dir(self.dir)
+                        .map_err(|e| Error::io(self.dir, e))?;
+                }
                 self.out.events.push(RecoveryEvent::TornTail {
                     file: path,
                     offset: 0,
@@ -150,9 +168,11 @@ impl Scan<'_> {
             match next_valid {
                 Some(q) => self.damaged(&path, &bytes, pos, q)?,
                 None if is_last => {
-                    self.vfs
-                        .truncate(&path, pos as u64)
-                        .map_err(|e| Error::io(&path, e))?;
+                    if self.repair == Repair::Write {
+                        self.vfs
+                            .truncate(&path, pos as u64)
+                            .map_err(|e| Error::io(&path, e))?;
+                    }
                     self.out.events.push(RecoveryEvent::TornTail {
                         file: path.clone(),
                         offset: pos as u64,
