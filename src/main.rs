@@ -67,8 +67,10 @@ enum Command {
     /// then the channels) and `{table}_{yyyy}_{mm}`; `system.devices`,
     /// `system.partitions`, `system.ingest`. Energy functions:
     /// `energy_kwh(power_w, time)`, `twa(value, time)`,
-    /// `energy_coverage(time)`, `counter_delta(counter, time)`. The server
-    /// must not be running on the same directory.
+    /// `energy_coverage(time)`, `counter_delta(counter, time)`, gap filling
+    /// with `date_bin_gapfill`, `locf`, `interpolate`, and
+    /// `last_cache('table')`. The directory is opened read-only, so this
+    /// works beside a running server and sees the data as of its start.
     Sql(SqlArgs),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
