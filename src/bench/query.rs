@@ -237,6 +237,8 @@ fn duckdb_c(
         let status = Command::new(&python)
             .args(["-m", "pip", "install", "--quiet"])
             .arg(format!("duckdb=={DUCKDB_VERSION}"))
+            // DuckDB returns time-zone-aware timestamps through pytz.
+            .arg("pytz")
             .status()?;
         if !status.success() {
             bail!("pip install duckdb=={DUCKDB_VERSION} failed");
@@ -271,6 +273,7 @@ fn duckdb_c(
 import duckdb, statistics, time, json
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
+con.execute("SET enable_progress_bar = false")
 sql = {sql:?}
 con.execute(sql).fetchall()
 times = []
@@ -278,16 +281,18 @@ for _ in range({runs}):
     t = time.perf_counter()
     con.execute(sql).fetchall()
     times.append((time.perf_counter() - t) * 1000)
-print(json.dumps(statistics.median(times)))
+print("median_ms", json.dumps(statistics.median(times)))
 "#
     );
     let out = Command::new(&python).args(["-c", &script]).output()?;
     if !out.status.success() {
         bail!("DuckDB failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let ms: f64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .context("reading DuckDB's timing")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ms: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("median_ms "))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no timing in DuckDB's output: {stdout}"))?;
     Ok(ms)
 }
