@@ -430,12 +430,7 @@ fn run(cli: Cli) -> Result<()> {
                 duration: std::time::Duration::from_secs_f64(duration),
                 idle,
             })?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            Ok(())
+            print_report(&report, json)
         }
         Command::Bench(BenchCommand::Query {
             devices,
@@ -454,12 +449,7 @@ fn run(cli: Cli) -> Result<()> {
                 venv: (!no_duckdb).then_some(venv),
                 progress: !json,
             })?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            Ok(())
+            print_report(&report, json)
         }
         Command::Bench(BenchCommand::Storage {
             devices,
@@ -501,6 +491,16 @@ fn simulate_cmd(args: SimulateArgs) -> Result<()> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let report = wattson::simulate::run(&cfg, stop)?;
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// A benchmark's report: one JSON line for scripts, or indented for people.
+fn print_report(report: &impl serde::Serialize, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    }
     Ok(())
 }
 

@@ -51,8 +51,16 @@ pub(crate) struct LatestCache {
 }
 
 impl LatestCache {
-    /// Takes note of an applied row.
-    pub(crate) fn observe(&mut self, seq: u64, row: &PreparedRow) {
+    /// Takes note of the rows of one applied batch. Newest first, so a
+    /// batch of many readings of one device copies the values of one row,
+    /// not of every row, on the apply path that every scan waits behind.
+    pub(crate) fn observe_batch(&mut self, seq: u64, rows: &[PreparedRow]) {
+        for row in rows.iter().rev() {
+            self.observe(seq, row);
+        }
+    }
+
+    fn observe(&mut self, seq: u64, row: &PreparedRow) {
         if !self.tables.contains_key(&row.table) {
             self.tables.insert(row.table.clone(), HashMap::new());
         }
@@ -60,7 +68,9 @@ impl LatestCache {
             return;
         };
         match devices.get_mut(&row.device) {
-            Some(l) if (row.time, seq) < (l.time, l.seq) => {}
+            // Equal (time, seq): a row earlier in the same batch, which the
+            // later one (seen first) replaces.
+            Some(l) if (row.time, seq) <= (l.time, l.seq) => {}
             Some(l) => {
                 l.time = row.time;
                 l.seq = seq;

@@ -244,8 +244,8 @@ impl Shared {
             std::mem::take(&mut pending.batches)
         };
         for (seq, rows) in batches {
+            state.latest.observe_batch(seq, &rows);
             for row in rows {
-                state.latest.observe(seq, &row);
                 state.active.insert(seq, row);
             }
         }

@@ -33,11 +33,11 @@ fn ok(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-#[test]
-fn seed_csv_imports_and_exports_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let csv = dir.path().join("seed.csv");
+/// Imports the seed CSV as `power_consumption` of `viconsl` into
+/// `dir/data`; returns the data directory and what import printed.
+fn import_seed(dir: &Path) -> (std::path::PathBuf, String) {
+    let data = dir.join("data");
+    let csv = dir.join("seed.csv");
     std::fs::write(&csv, SEED_CSV).unwrap();
     let out = ok(&wattson(
         &data,
@@ -50,6 +50,13 @@ fn seed_csv_imports_and_exports_round_trip() {
             "viconsl",
         ],
     ));
+    (data, out)
+}
+
+#[test]
+fn seed_csv_imports_and_exports_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = import_seed(dir.path());
     assert!(out.contains("imported 3 readings"), "{out}");
 
     let exported = ok(&wattson(
@@ -294,20 +301,7 @@ fn users_and_devices_are_managed_from_the_command_line() {
 #[test]
 fn sql_reads_the_seed_month_table_in_every_format() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let csv = dir.path().join("seed.csv");
-    std::fs::write(&csv, SEED_CSV).unwrap();
-    ok(&wattson(
-        &data,
-        &[
-            "import",
-            csv.to_str().unwrap(),
-            "--table",
-            "power_consumption",
-            "--device",
-            "viconsl",
-        ],
-    ));
+    let (data, _) = import_seed(dir.path());
     let query = "SELECT * FROM viconsl_power_consumption_2022_07 ORDER BY dt";
     let out = ok(&wattson(&data, &["sql", query, "--format", "csv"]));
     let mut lines = out.lines();

@@ -305,8 +305,8 @@ pub(super) fn replay_record(
         }
         match catalog.admit(vec![r]) {
             Ok((rows, _)) => {
+                state.latest.observe_batch(seq, &rows);
                 for row in rows {
-                    state.latest.observe(seq, &row);
                     state.active.insert(seq, row);
                 }
             }
