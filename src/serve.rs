@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use wattson_ingest::auth::{UserStore, Verifier};
-use wattson_ingest::live::LivePublisher;
-use wattson_ingest::mqtt::{MqttConfig, MqttDeps, MqttServer, TlsSettings};
+use wattson_ingest::auth::{TokenStore, UserStore, Verifier};
+use wattson_ingest::live::{Fanout, LivePublisher};
+use wattson_ingest::mqtt::{MqttConfig, MqttDeps, MqttServer, MqttStats, TlsSettings};
 use wattson_ingest::payload::{DecodeOptions, Decoder, IngestCounters, TopicMap, TopicPattern};
 use wattson_ingest::router::{LiveBroker, RouterSettings};
+use wattson_query::{DeviceRejections, IngestSource, QueryEngine, QueryOptions};
 use wattson_storage::clock::SystemClock;
 use wattson_storage::{Store, StoreOptions};
 
@@ -70,6 +71,19 @@ max_readings_per_message = 10000
 # devices with fixed topics. Meters may publish only under meters/{their id}/.
 [[ingest.topics]]
 pattern = "meters/{device}/{table}"
+
+[auth]
+# Bearer tokens (Flight handshake, HTTP API) expire this long after login (hours).
+token_ttl_h = 12
+
+[query]
+# Memory one SQL query may hold in sorts, joins and aggregations (MiB);
+# beyond it the query spills or fails, and the server stays up.
+memory_limit_mib = 1024
+# A query running longer is cancelled (seconds).
+timeout_s = 300
+# energy_kwh and twa do not integrate across gaps longer than this (seconds).
+max_gap_s = 300
 "#;
 
 /// The whole configuration.
@@ -80,6 +94,8 @@ pub struct Config {
     pub mqtt: MqttSection,
     pub subscribers: SubscribersSection,
     pub ingest: IngestSection,
+    pub auth: AuthSection,
+    pub query: QuerySection,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -125,6 +141,20 @@ pub struct IngestSection {
     pub topics: Vec<TopicPattern>,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    pub token_ttl_h: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySection {
+    pub memory_limit_mib: usize,
+    pub timeout_s: u64,
+    pub max_gap_s: u64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -155,6 +185,12 @@ impl Default for Config {
                 max_readings_per_message: 10_000,
                 topics: vec![TopicPattern::new(wattson_ingest::payload::DEFAULT_PATTERN)],
             },
+            auth: AuthSection { token_ttl_h: 12 },
+            query: QuerySection {
+                memory_limit_mib: 1024,
+                timeout_s: 300,
+                max_gap_s: 300,
+            },
         }
     }
 }
@@ -182,6 +218,16 @@ impl Default for SubscribersSection {
 impl Default for IngestSection {
     fn default() -> Self {
         Config::default().ingest
+    }
+}
+impl Default for AuthSection {
+    fn default() -> Self {
+        Config::default().auth
+    }
+}
+impl Default for QuerySection {
+    fn default() -> Self {
+        Config::default().query
     }
 }
 
@@ -274,13 +320,69 @@ pub fn run_with(
     Ok(())
 }
 
+/// What the front ends (Flight, the dashboard) share with ingest.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub users: Arc<UserStore>,
+    pub verifier: Verifier,
+    pub tokens: Arc<TokenStore>,
+    pub engine: Arc<QueryEngine>,
+    pub mqtt_stats: Arc<MqttStats>,
+    pub counters: Arc<IngestCounters>,
+}
+
+/// `system.ingest` and the rejection columns of `system.devices`, from the
+/// running listener's counters.
+#[derive(Debug)]
+struct LiveIngest {
+    stats: Arc<MqttStats>,
+    counters: Arc<IngestCounters>,
+}
+
+impl IngestSource for LiveIngest {
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.stats
+            .snapshot()
+            .named()
+            .iter()
+            .map(|&(name, value)| (name.to_owned(), value))
+            .collect()
+    }
+
+    fn rejections(&self) -> Vec<DeviceRejections> {
+        self.counters
+            .snapshot()
+            .into_iter()
+            .map(|c| DeviceRejections {
+                device: c.device,
+                rejected: c.rejected,
+                last_reason: c.last_reason,
+            })
+            .collect()
+    }
+}
+
+fn query_options(section: &QuerySection) -> QueryOptions {
+    QueryOptions {
+        memory_limit: section.memory_limit_mib << 20,
+        timeout: Duration::from_secs(section.timeout_s),
+        max_gap: Duration::from_secs(section.max_gap_s),
+        ..QueryOptions::default()
+    }
+}
+
 async fn serve(
     store: Arc<Store>,
     users: Arc<UserStore>,
     config: Config,
     on_ready: Box<dyn FnOnce(Listening) + Send>,
 ) -> Result<()> {
-    let verifier = Verifier::new(users).context("starting the password verifier")?;
+    let verifier = Verifier::new(users.clone()).context("starting the password verifier")?;
+    let tokens = Arc::new(TokenStore::new(
+        users.clone(),
+        Duration::from_secs(config.auth.token_ttl_h.saturating_mul(3600)),
+    ));
     let mut broker = LiveBroker::start(
         RouterSettings {
             listen: config.subscribers.listen,
@@ -291,7 +393,9 @@ async fn serve(
     .context("starting the subscriber broker")?;
     tracing::info!(listen = %broker.listen_addr(), "subscribers listening");
     let topics = TopicMap::new(&config.ingest.topics).context("in [[ingest.topics]]")?;
-    let live: Arc<dyn LivePublisher> = Arc::new(broker.handle());
+    let live_targets: Vec<Arc<dyn LivePublisher>> = vec![Arc::new(broker.handle())];
+    let live: Arc<dyn LivePublisher> = Arc::new(Fanout(live_targets));
+    let counters = Arc::new(IngestCounters::new());
     let tls_section = &config.mqtt.tls;
     // Either path set turns TLS on; the listener names a missing other one.
     let tls = (!tls_section.cert.as_os_str().is_empty() || !tls_section.key.as_os_str().is_empty())
@@ -311,8 +415,8 @@ async fn serve(
             ..MqttConfig::default()
         },
         MqttDeps {
-            store,
-            verifier,
+            store: store.clone(),
+            verifier: verifier.clone(),
             topics: Arc::new(topics),
             decoder: Decoder::new(DecodeOptions {
                 max_clock_skew: Duration::from_secs(config.ingest.max_clock_skew_s),
@@ -320,7 +424,7 @@ async fn serve(
                 max_readings_per_message: config.ingest.max_readings_per_message,
                 ..DecodeOptions::default()
             }),
-            counters: Arc::new(IngestCounters::new()),
+            counters: counters.clone(),
             live,
             clock: Arc::new(SystemClock),
         },
@@ -333,6 +437,25 @@ async fn serve(
     if let Some(addr) = mqtt.tls_addr() {
         tracing::info!(tls_listen = %addr, "meters listening (MQTT over TLS)");
     }
+    let ingest_source: Arc<dyn IngestSource> = Arc::new(LiveIngest {
+        stats: mqtt.stats().clone(),
+        counters: counters.clone(),
+    });
+    let engine = QueryEngine::new(
+        store.clone(),
+        Some(ingest_source),
+        &query_options(&config.query),
+    )
+    .context("starting the SQL engine")?;
+    let _shared = Shared {
+        store,
+        users,
+        verifier,
+        tokens,
+        engine: Arc::new(engine),
+        mqtt_stats: mqtt.stats().clone(),
+        counters,
+    };
     if let Some(meters) = mqtt.local_addr().or(mqtt.tls_addr()) {
         on_ready(Listening {
             meters,

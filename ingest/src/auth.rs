@@ -41,8 +41,11 @@
 //!   (about a microsecond) and reloads it when it changed; see
 //!   [`UserStore::reload_if_changed`].
 //!
-//! Not here: the CLI and `serve` wiring, sessions and tokens (the dashboard
-//! and Flight issue those after a successful [`UserStore::verify`]).
+//! - [`TokenStore`]: bearer tokens issued after a successful login (the
+//!   Flight handshake, the HTTP API), shared by Flight and the dashboard.
+//!
+//! Not here: the CLI and `serve` wiring, and the dashboard's cookie
+//! sessions.
 //!
 //! # The user file
 //! `{data_dir}/users.json`, JSON, mode 0600, format version 1:
@@ -71,6 +74,7 @@ mod file;
 mod limits;
 mod role;
 mod store;
+mod tokens;
 mod verifier;
 
 #[cfg(test)]
@@ -79,6 +83,7 @@ mod tests;
 pub use limits::{AuthPolicy, Clock, ManualClock, SystemClock};
 pub use role::Role;
 pub use store::{AuthStats, Entry, EntryKind, UserStore};
+pub use tokens::{Principal, TOKEN_PREFIX, TokenError, TokenStore};
 pub use verifier::{Verifier, VerifyFuture};
 
 /// The file name of the user store inside the data directory.

@@ -20,3 +20,18 @@ impl LivePublisher for NoLive {
         true
     }
 }
+
+/// Offers every message to several publishers (the subscriber broker and
+/// the dashboard); reports a drop when any of them dropped it.
+#[derive(Debug, Default, Clone)]
+pub struct Fanout(pub Vec<std::sync::Arc<dyn LivePublisher>>);
+
+impl LivePublisher for Fanout {
+    fn publish(&self, topic: &str, payload: &[u8]) -> bool {
+        let mut delivered = true;
+        for target in &self.0 {
+            delivered &= target.publish(topic, payload);
+        }
+        delivered
+    }
+}

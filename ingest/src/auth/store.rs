@@ -202,6 +202,20 @@ impl UserStore {
         all
     }
 
+    /// A person's current role and a fingerprint of their account (name,
+    /// creation time and password hash), or `None` for unknown names and
+    /// devices. Tokens and sessions keep the fingerprint and die when it
+    /// changes: the person was removed, re-created or given a new password.
+    pub fn person(&self, name: &str) -> Option<(Role, [u8; 32])> {
+        let snap = self.refresh();
+        let user = snap.contents.users.get(name)?;
+        let mut h = blake3::Hasher::new();
+        h.update(name.as_bytes());
+        h.update(&user.created.to_le_bytes());
+        h.update(user.hash.as_bytes());
+        Some((user.role, *h.finalize().as_bytes()))
+    }
+
     /// Whether at least one admin exists.
     pub fn has_admin(&self) -> bool {
         let snap = self.refresh();

@@ -77,6 +77,33 @@ pub struct MqttStatsSnapshot {
     pub puback_latency_sum_us: u64,
 }
 
+impl MqttStatsSnapshot {
+    /// The scalar counters by name (everything but the latency histogram),
+    /// for `system.ingest` and `/metrics`.
+    pub fn named(&self) -> [(&'static str, u64); 18] {
+        [
+            ("connections_open", self.connections_open),
+            ("connections_refused_limit", self.connections_refused_limit),
+            ("connects_ok", self.connects_ok),
+            ("connects_denied", self.connects_denied),
+            ("takeovers", self.takeovers),
+            ("protocol_errors", self.protocol_errors),
+            ("messages_qos0", self.messages_qos0),
+            ("messages_qos1", self.messages_qos1),
+            ("readings_stored", self.readings_stored),
+            ("payload_rejected", self.payload_rejected),
+            ("acl_denied", self.acl_denied),
+            ("append_failures", self.append_failures),
+            ("pubacks_sent", self.pubacks_sent),
+            ("live_dropped", self.live_dropped),
+            ("lost_acknowledged", self.lost_acknowledged),
+            ("connection_panics", self.connection_panics),
+            ("tls_handshake_failures", self.tls_handshake_failures),
+            ("puback_latency_sum_us", self.puback_latency_sum_us),
+        ]
+    }
+}
+
 impl MqttStats {
     pub fn snapshot(&self) -> MqttStatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
