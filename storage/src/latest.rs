@@ -9,12 +9,12 @@
 //!
 //! [`Store::latest`]: crate::Store::latest
 
-use std::collections::HashMap;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
+use rustc_hash::FxHashMap;
 
 use crate::memtable::PreparedRow;
 use crate::model::Value;
@@ -47,7 +47,9 @@ pub struct LatestReading {
 pub(crate) struct LatestCache {
     /// table → device → newest row. Nested so the hot path looks up by
     /// `&str` without allocating.
-    tables: HashMap<String, HashMap<String, Latest>>,
+    /// FxHash: the keys are our own validated names, and this runs on the
+    /// apply path for every batch.
+    tables: FxHashMap<String, FxHashMap<String, Latest>>,
 }
 
 impl LatestCache {
@@ -62,7 +64,7 @@ impl LatestCache {
 
     fn observe(&mut self, seq: u64, row: &PreparedRow) {
         if !self.tables.contains_key(&row.table) {
-            self.tables.insert(row.table.clone(), HashMap::new());
+            self.tables.insert(row.table.clone(), FxHashMap::default());
         }
         let Some(devices) = self.tables.get_mut(&row.table) else {
             return;
