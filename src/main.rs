@@ -330,6 +330,27 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Pull one simulated device-month (default 2.68 M rows × 18 channels)
+    /// from a Flight server on loopback: DoGet into pyarrow, and the seed's
+    /// `pd.read_sql_table` over ADBC Flight SQL, against the same
+    /// `pd.read_sql_table` from PostgreSQL (installed with apt-get when
+    /// missing). Reports MB/s, rows/s and client peak memory. Build with
+    /// --release for real figures.
+    Flight {
+        /// Rows of the device-month (1 Hz; at most 2678400, all of July).
+        #[arg(long, default_value_t = 2_678_400)]
+        rows: u64,
+        /// Where to create the Python venv with pyarrow, ADBC, pandas and
+        /// SQLAlchemy from PyPI.
+        #[arg(long, default_value = "target/bench-venv")]
+        venv: PathBuf,
+        /// Skip the PostgreSQL comparison.
+        #[arg(long)]
+        no_postgres: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a real server in a fresh data directory and publish simulated
     /// QoS 1 readings to it over MQTT on loopback; report what was
     /// acknowledged (durably stored), PUBACK latency and the server's CPU
@@ -465,6 +486,20 @@ fn run(cli: Cli) -> Result<()> {
                 batch,
                 duration: std::time::Duration::from_secs_f64(duration),
                 idle,
+            })?;
+            print_report(&report, json)
+        }
+        Command::Bench(BenchCommand::Flight {
+            rows,
+            venv,
+            no_postgres,
+            json,
+        }) => {
+            let report = bench::flight::run(&bench::flight::FlightBenchConfig {
+                rows,
+                venv,
+                postgres: !no_postgres,
+                progress: !json,
             })?;
             print_report(&report, json)
         }
