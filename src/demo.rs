@@ -30,6 +30,7 @@ pub struct DemoConfig {
     pub seed: u64,
     pub meters_listen: SocketAddr,
     pub subscribers_listen: SocketAddr,
+    pub flight_listen: SocketAddr,
 }
 
 /// The demo admin's name.
@@ -113,6 +114,7 @@ pub fn run(cfg: &DemoConfig) -> Result<()> {
     let mut config = serve::Config::default();
     config.mqtt.listen = cfg.meters_listen;
     config.subscribers.listen = cfg.subscribers_listen;
+    config.flight.listen = cfg.flight_listen;
     let stop = Arc::new(AtomicBool::new(false));
     let sim = Arc::new(parking_lot::Mutex::new(None));
     let on_ready = {
@@ -190,6 +192,11 @@ fn print_banner(
         at.subscribers,
         at.subscribers.ip(),
         at.subscribers.port()
+    ));
+    out.push_str(&format!(
+        "  Arrow Flight     grpc://{} as the admin (Flight SQL, ADBC, pyarrow), e.g.\n\
+         \x20                  wattson sql --server {} --user {DEMO_ADMIN} 'SELECT * FROM system.devices'\n",
+        at.flight, at.flight
     ));
     if temporary {
         out.push_str(

@@ -156,6 +156,9 @@ struct DemoArgs {
     /// Where people subscribe to live readings.
     #[arg(long, default_value = "127.0.0.1:1884")]
     subscribers_listen: std::net::SocketAddr,
+    /// Where Arrow Flight and Flight SQL clients connect.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    flight_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +215,10 @@ struct ServeArgs {
     /// Where people subscribe, overriding subscribers.listen.
     #[arg(long)]
     subscribers_listen: Option<std::net::SocketAddr>,
+    /// Where Arrow Flight and Flight SQL clients connect, overriding
+    /// flight.listen.
+    #[arg(long)]
+    flight_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +247,14 @@ struct SqlArgs {
     /// How to print the result.
     #[arg(long, value_enum, default_value = "table")]
     format: wattson::sql::SqlFormat,
+    /// Ask a running server over Flight SQL instead of reading the data
+    /// directory, for example `--server 127.0.0.1:50051` (plain gRPC).
+    #[arg(long, value_name = "HOST:PORT", requires = "user")]
+    server: Option<String>,
+    /// The analyst or admin to log in as with --server. The password comes
+    /// from WATTSON_PASSWORD or a prompt.
+    #[arg(long)]
+    user: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -315,6 +330,27 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Pull one simulated device-month (default 2.68 M rows × 18 channels)
+    /// from a Flight server on loopback: DoGet into pyarrow, and the seed's
+    /// `pd.read_sql_table` over ADBC Flight SQL, against the same
+    /// `pd.read_sql_table` from PostgreSQL (installed with apt-get when
+    /// missing). Reports MB/s, rows/s and client peak memory. Build with
+    /// --release for real figures.
+    Flight {
+        /// Rows of the device-month (1 Hz; at most 2678400, all of July).
+        #[arg(long, default_value_t = 2_678_400)]
+        rows: u64,
+        /// Where to create the Python venv with pyarrow, ADBC, pandas and
+        /// SQLAlchemy from PyPI.
+        #[arg(long, default_value = "target/bench-venv")]
+        venv: PathBuf,
+        /// Skip the PostgreSQL comparison.
+        #[arg(long)]
+        no_postgres: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a real server in a fresh data directory and publish simulated
     /// QoS 1 readings to it over MQTT on loopback; report what was
     /// acknowledged (durably stored), PUBACK latency and the server's CPU
@@ -382,7 +418,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sql(args) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            wattson::sql::run(&cli.data_dir, &args.query, args.format, &mut out)
+            match (&args.server, &args.user) {
+                (Some(server), Some(user)) => {
+                    let password = match std::env::var("WATTSON_PASSWORD") {
+                        Ok(p) => p,
+                        Err(_) => rpassword::prompt_password(format!("password for {user}: "))
+                            .context("reading the password")?,
+                    };
+                    wattson::sql::run_remote(
+                        server,
+                        user,
+                        &password,
+                        &args.query,
+                        args.format,
+                        &mut out,
+                    )
+                }
+                _ => wattson::sql::run(&cli.data_dir, &args.query, args.format, &mut out),
+            }
         }
         Command::Serve(args) => {
             let mut config = serve::Config::load(args.config.as_deref())?;
@@ -391,6 +444,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(addr) = args.subscribers_listen {
                 config.subscribers.listen = addr;
+            }
+            if let Some(addr) = args.flight_listen {
+                config.flight.listen = addr;
             }
             serve::run(&cli.data_dir, config)
         }
@@ -410,6 +466,7 @@ fn run(cli: Cli) -> Result<()> {
             seed: args.seed,
             meters_listen: args.mqtt_listen,
             subscribers_listen: args.subscribers_listen,
+            flight_listen: args.flight_listen,
         }),
         Command::Device(cmd) => device_cmd(&cli.data_dir, cmd),
         Command::Bench(BenchCommand::Ingest {
@@ -429,6 +486,20 @@ fn run(cli: Cli) -> Result<()> {
                 batch,
                 duration: std::time::Duration::from_secs_f64(duration),
                 idle,
+            })?;
+            print_report(&report, json)
+        }
+        Command::Bench(BenchCommand::Flight {
+            rows,
+            venv,
+            no_postgres,
+            json,
+        }) => {
+            let report = bench::flight::run(&bench::flight::FlightBenchConfig {
+                rows,
+                venv,
+                postgres: !no_postgres,
+                progress: !json,
             })?;
             print_report(&report, json)
         }

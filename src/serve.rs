@@ -72,6 +72,17 @@ max_readings_per_message = 10000
 [[ingest.topics]]
 pattern = "meters/{device}/{table}"
 
+[flight]
+# Arrow Flight and Flight SQL for analysts and admins (pyarrow, ADBC, JDBC).
+listen = "0.0.0.0:50051"
+# TLS on when both are set: PEM certificate chain and private key.
+cert = ""
+key = ""
+# Largest gRPC message received or sent (MiB); result batches are split to fit.
+max_message_mib = 64
+# Prepared statements one user may keep open; more drop the oldest.
+max_prepared_per_user = 64
+
 [auth]
 # Bearer tokens (Flight handshake, HTTP API) expire this long after login (hours).
 token_ttl_h = 12
@@ -94,8 +105,19 @@ pub struct Config {
     pub mqtt: MqttSection,
     pub subscribers: SubscribersSection,
     pub ingest: IngestSection,
+    pub flight: FlightSection,
     pub auth: AuthSection,
     pub query: QuerySection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlightSection {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub max_message_mib: usize,
+    pub max_prepared_per_user: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -185,6 +207,13 @@ impl Default for Config {
                 max_readings_per_message: 10_000,
                 topics: vec![TopicPattern::new(wattson_ingest::payload::DEFAULT_PATTERN)],
             },
+            flight: FlightSection {
+                listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+                max_message_mib: 64,
+                max_prepared_per_user: 64,
+            },
             auth: AuthSection { token_ttl_h: 12 },
             query: QuerySection {
                 memory_limit_mib: 1024,
@@ -218,6 +247,11 @@ impl Default for SubscribersSection {
 impl Default for IngestSection {
     fn default() -> Self {
         Config::default().ingest
+    }
+}
+impl Default for FlightSection {
+    fn default() -> Self {
+        Config::default().flight
     }
 }
 impl Default for AuthSection {
@@ -261,6 +295,8 @@ pub struct Listening {
     /// The plain MQTT listener, or the TLS one when plain MQTT is off.
     pub meters: std::net::SocketAddr,
     pub subscribers: std::net::SocketAddr,
+    /// Arrow Flight and Flight SQL.
+    pub flight: std::net::SocketAddr,
 }
 
 /// [`run`], calling `on_ready` once both listeners are up (`wattson demo`
@@ -447,7 +483,7 @@ async fn serve(
         &query_options(&config.query),
     )
     .context("starting the SQL engine")?;
-    let _shared = Shared {
+    let shared = Shared {
         store,
         users,
         verifier,
@@ -456,15 +492,21 @@ async fn serve(
         mqtt_stats: mqtt.stats().clone(),
         counters,
     };
+    let flight = start_flight(&config.flight, &shared).await?;
     if let Some(meters) = mqtt.local_addr().or(mqtt.tls_addr()) {
         on_ready(Listening {
             meters,
             subscribers: broker.listen_addr(),
+            flight: flight.local_addr(),
         });
     }
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections, finishing acknowledged work");
+    if let Err(e) = flight.shutdown().await {
+        tracing::warn!("Flight server: {e}");
+    }
+    tracing::info!("Flight server stopped");
     let stats = mqtt.stats().clone();
     mqtt.shutdown().await;
     broker.shutdown();
@@ -476,6 +518,46 @@ async fn serve(
         "MQTT listener stopped"
     );
     Ok(())
+}
+
+async fn start_flight(
+    section: &FlightSection,
+    shared: &Shared,
+) -> Result<wattson_flight::FlightServer> {
+    let tls = match (
+        section.cert.as_os_str().is_empty(),
+        section.key.as_os_str().is_empty(),
+    ) {
+        (true, true) => None,
+        (false, false) => Some((section.cert.clone(), section.key.clone())),
+        _ => bail!("[flight] TLS needs both `cert` and `key`"),
+    };
+    if section.max_message_mib == 0 || section.max_message_mib > 1024 {
+        bail!("flight.max_message_mib must be between 1 and 1024");
+    }
+    let opts = wattson_flight::FlightOptions {
+        listen: section.listen,
+        tls: tls.clone(),
+        max_message_bytes: section.max_message_mib << 20,
+        max_prepared_per_user: section.max_prepared_per_user,
+    };
+    let server = wattson_flight::FlightServer::start(
+        &opts,
+        wattson_flight::Deps {
+            store: shared.store.clone(),
+            engine: shared.engine.clone(),
+            verifier: shared.verifier.clone(),
+            tokens: shared.tokens.clone(),
+        },
+    )
+    .await
+    .context("starting the Flight server")?;
+    tracing::info!(
+        listen = %server.local_addr(),
+        tls = tls.is_some(),
+        "flight listening (Arrow Flight, Flight SQL)"
+    );
+    Ok(server)
 }
 
 async fn wait_for_signal() -> Result<()> {

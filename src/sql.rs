@@ -1,6 +1,8 @@
 //! `wattson sql`: one query against a data directory, printed as a table,
 //! CSV or JSON lines. The store is opened read-only, so a server may be
 //! writing the directory meanwhile; the query sees a snapshot taken at open.
+//! With `--server`, the query goes to a running server over Flight SQL
+//! instead ([`run_remote`]), printed the same way.
 
 use std::io::Write;
 use std::path::Path;
@@ -56,6 +58,65 @@ pub fn run(data_dir: &Path, sql: &str, format: SqlFormat, out: &mut dyn Write) -
     // A no-op for a read-only store; kept so a failure would not go unseen.
     store.close().context("closing the store")?;
     result
+}
+
+/// Runs `sql` on the Flight SQL server at `server` (`HOST:PORT`) as `user`
+/// and writes the result to `out`, batch by batch as it arrives.
+pub fn run_remote(
+    server: &str,
+    user: &str,
+    password: &str,
+    sql: &str,
+    format: SqlFormat,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+            .with_context(|| format!("`{server}` is not HOST:PORT"))?
+            .connect_timeout(std::time::Duration::from_secs(10));
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the Flight server at {server}"))?;
+        let mut client = FlightSqlServiceClient::new(channel);
+        client
+            .handshake(user, password)
+            .await
+            .map_err(|e| anyhow::anyhow!("logging in as {user}: {}", flight_message(&e)))?;
+        let info = client
+            .execute(sql.to_owned(), None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", flight_message(&e)))?;
+        let mut printer = Printer::new(format, out);
+        for endpoint in info.endpoint {
+            let Some(ticket) = endpoint.ticket else {
+                continue;
+            };
+            let mut stream = client
+                .do_get(ticket)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", flight_message(&e)))?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| anyhow::anyhow!("{e}"))?;
+                printer.batch(&batch)?;
+            }
+        }
+        printer.finish()
+    })
+}
+
+/// The server's message out of arrow-flight's wrapping of a gRPC status.
+fn flight_message(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    match text.split_once("message: \"") {
+        Some((_, rest)) => rest.split("\", details").next().unwrap_or(rest).to_owned(),
+        None => text,
+    }
 }
 
 struct Printer<'a> {

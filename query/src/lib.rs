@@ -204,10 +204,23 @@ impl QueryEngine {
     /// [`Error::Timeout`] once it has run for the timeout, and dropping the
     /// stream cancels the query.
     pub async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        self.stream_with_params(sql, Vec::new()).await
+    }
+
+    /// [`QueryEngine::stream`] with values for the statement's placeholders
+    /// (`$1`, `$2`, ...), in order: Flight SQL's prepared statements.
+    pub async fn stream_with_params(
+        &self,
+        sql: &str,
+        params: Vec<datafusion::scalar::ScalarValue>,
+    ) -> Result<SendableRecordBatchStream> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let plan = tokio::time::timeout_at(deadline, self.plan(sql))
+        let mut plan = tokio::time::timeout_at(deadline, self.plan(sql))
             .await
             .map_err(|_| Error::Timeout(self.timeout))??;
+        if !params.is_empty() {
+            plan = plan.with_param_values(params)?;
+        }
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);

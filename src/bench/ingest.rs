@@ -123,6 +123,7 @@ fn start_server(data: &Path, config: &Path) -> Result<(Child, u16)> {
         .arg("--data-dir")
         .arg(data)
         .args(["--log", "info", "serve", "--mqtt-listen", "127.0.0.1:0"])
+        .args(["--flight-listen", "127.0.0.1:0"])
         .arg("--config")
         .arg(config)
         .arg("--subscribers-listen")

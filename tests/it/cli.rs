@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const SEED_CSV: &str = "\
+pub(crate) const SEED_CSV: &str = "\
 dt,pa_v,pb_v,pc_v,wd_a,wd_p,rf_a,rf_p,ac01_a,ac01_p,rh01_a,rh01_p,mo_a,mo_p,ac02_a,ac02_p,rh02_a,rh02_p
 2022-07-19 15:24:21,0.0,214.9,0.0,0.38,83.6,0.00,0.0,5.81,2207.8,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0
 2022-07-19 15:24:23,0.0,0.0,0.0,0.38,83.6,0.00,0.0,5.74,2181.2,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0
@@ -35,7 +35,7 @@ fn ok(out: &Output) -> String {
 
 /// Imports the seed CSV as `power_consumption` of `viconsl` into
 /// `dir/data`; returns the data directory and what import printed.
-fn import_seed(dir: &Path) -> (std::path::PathBuf, String) {
+pub(crate) fn import_seed(dir: &Path) -> (std::path::PathBuf, String) {
     let data = dir.join("data");
     let csv = dir.join("seed.csv");
     std::fs::write(&csv, SEED_CSV).unwrap();

@@ -5,6 +5,7 @@
 mod cli;
 mod debian;
 mod firmware;
+mod flight;
 mod mqtt;
 mod python;
 mod serve;

@@ -575,6 +575,7 @@ fn no_password_or_secret_ever_reaches_the_log() {
             "--subscribers-listen",
         ])
         .arg(format!("127.0.0.1:{subscribers_port}"))
+        .args(["--flight-listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

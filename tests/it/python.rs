@@ -6,7 +6,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Pinned so a test run never changes under us.
-const PACKAGES: &[&str] = &["paho-mqtt==2.1.0"];
+const PACKAGES: &[&str] = &[
+    "paho-mqtt==2.1.0",
+    "pyarrow==26.0.1",
+    "adbc-driver-manager==1.13.0",
+    "adbc-driver-flightsql==1.13.0",
+    "pandas==3.1.1",
+    "polars==2.1.0",
+];
 
 /// The venv's python, creating and filling the venv on first use. Panics
 /// with the installer's output if that fails (no network to PyPI, say).

@@ -102,6 +102,8 @@ fn start_full(data: &Path, port: u16, extra: &[&str], field: &str) -> (Child, u1
             &meters,
             "--subscribers-listen",
             &subscribers,
+            "--flight-listen",
+            "127.0.0.1:0",
         ])
         .args(extra)
         .stdout(Stdio::null())

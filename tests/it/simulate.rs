@@ -195,6 +195,7 @@ fn demo_prints_credentials_and_stores_live_readings_within_seconds() {
         .arg(&data)
         .args(["--mqtt-listen", "127.0.0.1:0", "--subscribers-listen"])
         .arg(&subscribers)
+        .args(["--flight-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

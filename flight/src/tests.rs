@@ -1,0 +1,168 @@
+//! The server on a real socket with arrow-flight's Rust clients, and an
+//! injected clock for token expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
+use arrow_flight::{FlightDescriptor, HandshakeRequest};
+use futures::StreamExt;
+use prost::Message;
+use tonic::Code;
+use tonic::transport::Channel;
+use wattson_ingest::auth::{ManualClock, Role, TokenStore, UserStore, Verifier};
+use wattson_query::{QueryEngine, QueryOptions};
+use wattson_storage::{Reading, Store, StoreOptions, Value};
+
+use crate::{Deps, FlightOptions, FlightServer};
+
+const TTL: Duration = Duration::from_secs(3600);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    server: FlightServer,
+    clock: Arc<ManualClock>,
+    store: Arc<Store>,
+}
+
+async fn fixture(max_prepared: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let users = Arc::new(UserStore::open(dir.path()).unwrap());
+    users
+        .add_user("ana", Role::Analyst, "ana-password-123")
+        .unwrap();
+    let store = Arc::new(Store::open(dir.path().join("data"), StoreOptions::default()).unwrap());
+    let readings = (0..10_000)
+        .map(|i| Reading {
+            table: "power".into(),
+            device: "m1".into(),
+            time: 1_656_633_600_000_000_000 + i * 1_000_000_000,
+            values: vec![(Arc::from("w"), Value::F64(i as f64))],
+        })
+        .collect();
+    store.append(readings).unwrap();
+    let engine = QueryEngine::new(store.clone(), None, &QueryOptions::default()).unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let tokens = Arc::new(TokenStore::with_clock(users.clone(), TTL, clock.clone()));
+    let opts = FlightOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_prepared_per_user: max_prepared,
+        ..FlightOptions::default()
+    };
+    let server = FlightServer::start(
+        &opts,
+        Deps {
+            store: store.clone(),
+            engine: Arc::new(engine),
+            verifier: Verifier::new(users).unwrap(),
+            tokens,
+        },
+    )
+    .await
+    .unwrap();
+    Fixture {
+        _dir: dir,
+        server,
+        clock,
+        store,
+    }
+}
+
+async fn channel(f: &Fixture) -> Channel {
+    Channel::from_shared(format!("http://{}", f.server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Logs in through the handshake; returns the `Bearer ...` header value.
+async fn login(ch: Channel) -> String {
+    let mut client = FlightServiceClient::new(ch);
+    let mut req = tonic::Request::new(futures::stream::iter(vec![HandshakeRequest::default()]));
+    req.metadata_mut().insert(
+        "authorization",
+        "Basic YW5hOmFuYS1wYXNzd29yZC0xMjM=".parse().unwrap(),
+    );
+    let resp = client.handshake(req).await.unwrap();
+    resp.metadata()
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn statement(sql: &str) -> FlightDescriptor {
+    FlightDescriptor::new_cmd(
+        CommandStatementQuery {
+            query: sql.into(),
+            transaction_id: None,
+        }
+        .as_any()
+        .encode_to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_works_until_it_expires_then_unauthenticated() {
+    let f = fixture(4).await;
+    let ch = channel(&f).await;
+    let bearer = login(ch.clone()).await;
+    assert!(bearer.starts_with("Bearer wsn_"), "{bearer}");
+    let mut client = FlightServiceClient::new(ch);
+    let call = |bearer: &str| {
+        let mut req = tonic::Request::new(statement("SELECT count(*) FROM power"));
+        req.metadata_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        req
+    };
+    client.get_flight_info(call(&bearer)).await.unwrap();
+    f.clock.advance(TTL - Duration::from_secs(1));
+    client.get_flight_info(call(&bearer)).await.unwrap();
+    f.clock.advance(Duration::from_secs(2));
+    let err = client.get_flight_info(call(&bearer)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("expired"), "{err}");
+    f.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_stream_in_batches_and_prepared_statements_are_bounded() {
+    let f = fixture(2).await;
+    let mut sql = FlightSqlServiceClient::new(channel(&f).await);
+    sql.handshake("ana", "ana-password-123").await.unwrap();
+    let info = sql
+        .execute(
+            "SELECT * FROM power, (VALUES (1), (2), (3)) v(x)".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = sql.do_get(ticket).await.unwrap();
+    let (mut batches, mut rows) = (0, 0);
+    while let Some(b) = stream.next().await {
+        let b = b.unwrap();
+        batches += 1;
+        rows += b.num_rows();
+    }
+    assert_eq!(rows, 30_000);
+    assert!(batches > 1, "one batch: the result was not streamed");
+
+    let mut first = sql
+        .prepare("SELECT count(*) FROM power WHERE w > $1".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(first.parameter_schema().unwrap().fields().len(), 1);
+    for _ in 0..2 {
+        sql.prepare("SELECT 1".into(), None).await.unwrap();
+    }
+    // Two per user: the oldest is gone.
+    let err = first.execute().await.unwrap_err().to_string();
+    assert!(err.contains("no such prepared statement"), "{err}");
+    assert_eq!(f.store.partitions().len(), 1);
+    f.server.shutdown().await.unwrap();
+}

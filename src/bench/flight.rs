@@ -1,0 +1,447 @@
+//! `wattson bench flight`: the ML pull of one device-month (2.68 M rows ×
+//! 18 channels at 1 Hz) from a fresh store, over Arrow Flight `DoGet` into
+//! pyarrow and over ADBC Flight SQL into pandas (the seed's
+//! `pd.read_sql_table` code), against the seed's original path:
+//! `pd.read_sql_table` through SQLAlchemy from PostgreSQL holding the same
+//! rows.
+//!
+//! The Flight server runs in this process on loopback; each client phase
+//! (`benches/flight_pull.py`, embedded) runs in its own Python process so
+//! its peak RSS is that phase's. PostgreSQL comes from Debian (installed
+//! with apt-get when missing), runs as the `postgres` user on a temporary
+//! directory and a free port, and is loaded with `COPY`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use wattson_ingest::auth::{Role, TokenStore, UserStore, Verifier};
+use wattson_query::{QueryEngine, QueryOptions};
+use wattson_storage::{Month, Store, StoreOptions};
+
+use crate::bench::{START_NS, append_all, bar, generator};
+use crate::simdata::SEED_TABLE;
+
+const SCRIPT: &str = include_str!("../../benches/flight_pull.py");
+/// Pinned client packages.
+const PACKAGES: &[&str] = &[
+    "pyarrow==26.0.1",
+    "adbc-driver-manager==1.13.0",
+    "adbc-driver-flightsql==1.13.0",
+    "pandas==3.1.1",
+    "sqlalchemy==2.1.9",
+    "psycopg2-binary==2.9.13",
+];
+
+#[derive(Debug, Clone)]
+pub struct FlightBenchConfig {
+    /// Rows of the device-month (1 Hz from the month's start; at most 31 days).
+    pub rows: u64,
+    /// Where to create the Python venv.
+    pub venv: PathBuf,
+    /// Skip the PostgreSQL comparison.
+    pub postgres: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlightBenchReport {
+    pub rows: u64,
+    pub columns: usize,
+    /// Arrow bytes of the pulled table (pyarrow's `nbytes`).
+    pub arrow_bytes: u64,
+    pub load_s: f64,
+    pub doget_s: f64,
+    pub doget_mb_per_s: f64,
+    pub doget_rows_per_s: f64,
+    pub doget_client_peak_mb: f64,
+    pub adbc_pandas_s: f64,
+    pub adbc_pandas_rows_per_s: f64,
+    pub adbc_pandas_client_peak_mb: f64,
+    pub postgres_pandas_s: Option<f64>,
+    pub postgres_pandas_rows_per_s: Option<f64>,
+    pub postgres_pandas_client_peak_mb: Option<f64>,
+    /// `postgres_pandas_s / adbc_pandas_s`: both end in a pandas DataFrame.
+    pub speedup_vs_postgres: Option<f64>,
+    /// `postgres_pandas_s / doget_s`: the seed's path against a pyarrow pull.
+    pub doget_speedup_vs_postgres: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Phase {
+    s: f64,
+    rows: u64,
+    columns: usize,
+    bytes: u64,
+    peak_rss_mb: f64,
+}
+
+pub fn run(cfg: &FlightBenchConfig) -> Result<FlightBenchReport> {
+    let max_rows = 31 * 86_400;
+    if cfg.rows == 0 || cfg.rows > max_rows {
+        bail!("--rows must be between 1 and {max_rows} (one month at 1 Hz)");
+    }
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let data = dir.path().join("data");
+    let python = venv(&cfg.venv)?;
+
+    let store = Arc::new(Store::open(&data, StoreOptions::default())?);
+    let progress = bar(cfg.progress, cfg.rows, "loading");
+    let started = Instant::now();
+    append_all(&store, generator(1, cfg.rows, 42), 4, &progress)?;
+    store.flush()?;
+    progress.finish_and_clear();
+    let load_s = started.elapsed().as_secs_f64();
+    let device = store
+        .partitions()
+        .first()
+        .map(|p| p.device.clone())
+        .context("the generator wrote nothing")?;
+    let month = Month::of(START_NS);
+    let view = format!(
+        "{device}_{SEED_TABLE}_{}",
+        month.to_string().replace('-', "_")
+    );
+
+    let users = Arc::new(UserStore::open(&data)?);
+    let password = format!("bench-{:016x}", rand::random::<u64>());
+    users.add_user("bench", Role::Analyst, &password)?;
+    let engine = Arc::new(QueryEngine::new(
+        store.clone(),
+        None,
+        &QueryOptions::default(),
+    )?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let server = runtime.block_on(wattson_flight::FlightServer::start(
+        &wattson_flight::FlightOptions {
+            listen: "127.0.0.1:0".parse()?,
+            ..wattson_flight::FlightOptions::default()
+        },
+        wattson_flight::Deps {
+            store: store.clone(),
+            engine: engine.clone(),
+            verifier: Verifier::new(users.clone())?,
+            tokens: Arc::new(TokenStore::new(users, std::time::Duration::from_secs(3600))),
+        },
+    ))?;
+    let script = dir.path().join("flight_pull.py");
+    std::fs::write(&script, SCRIPT)?;
+    let ts = |ns: i64| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let env: Vec<(&str, String)> = vec![
+        ("PORT", server.local_addr().port().to_string()),
+        ("BENCH_USER", "bench".into()),
+        ("BENCH_PASSWORD", password),
+        ("TABLE", SEED_TABLE.into()),
+        ("DEVICE", device.clone()),
+        ("MONTH_START", ts(month.start_ns())),
+        ("MONTH_END", ts(month.end_ns())),
+        ("VIEW", view.clone()),
+    ];
+    let phase = |name: &str, extra: &[(&str, String)]| -> Result<Phase> {
+        if cfg.progress {
+            eprintln!("pulling: {name}");
+        }
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(name)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .context("running the Python client")?;
+        if !out.status.success() {
+            bail!(
+                "the {name} client failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| format!("reading the {name} figures: {text}"))
+    };
+    // One warm-up so the page cache and the server are hot for both.
+    phase("doget", &[])?;
+    let doget = phase("doget", &[])?;
+    let adbc = phase("adbc", &[])?;
+    for (name, p) in [("doget", &doget), ("adbc", &adbc)] {
+        if p.rows != cfg.rows {
+            bail!(
+                "the {name} pull returned {} rows, expected {}",
+                p.rows,
+                cfg.rows
+            );
+        }
+    }
+    let pg = if cfg.postgres {
+        let pg = Postgres::start(dir.path())?;
+        pg.load(&runtime, &engine, &view, dir.path())?;
+        let result = phase("postgres", &[("PG_URL", pg.url())]);
+        pg.stop();
+        let p = result?;
+        if p.rows != cfg.rows {
+            bail!("PostgreSQL returned {} rows, expected {}", p.rows, cfg.rows);
+        }
+        Some(p)
+    } else {
+        None
+    };
+    runtime.block_on(server.shutdown())?;
+    drop(engine);
+    store.close()?;
+    let rows = cfg.rows as f64;
+    Ok(FlightBenchReport {
+        rows: cfg.rows,
+        columns: doget.columns,
+        arrow_bytes: doget.bytes,
+        load_s,
+        doget_s: doget.s,
+        doget_mb_per_s: doget.bytes as f64 / 1e6 / doget.s,
+        doget_rows_per_s: rows / doget.s,
+        doget_client_peak_mb: doget.peak_rss_mb,
+        adbc_pandas_s: adbc.s,
+        adbc_pandas_rows_per_s: rows / adbc.s,
+        adbc_pandas_client_peak_mb: adbc.peak_rss_mb,
+        postgres_pandas_s: pg.as_ref().map(|p| p.s),
+        postgres_pandas_rows_per_s: pg.as_ref().map(|p| rows / p.s),
+        postgres_pandas_client_peak_mb: pg.as_ref().map(|p| p.peak_rss_mb),
+        speedup_vs_postgres: pg.as_ref().map(|p| p.s / adbc.s),
+        doget_speedup_vs_postgres: pg.as_ref().map(|p| p.s / doget.s),
+    })
+}
+
+/// The venv's python, with the pinned packages installed once.
+fn venv(venv: &Path) -> Result<PathBuf> {
+    let python = venv.join("bin/python");
+    let stamp = venv.join(format!("flight-bench-{}", PACKAGES.join("+")));
+    if stamp.exists() {
+        return Ok(python);
+    }
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv)
+            .status()
+            .context("running python3 -m venv (install python3-venv)")?;
+        if !status.success() {
+            bail!("python3 -m venv {} failed", venv.display());
+        }
+    }
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(PACKAGES)
+        .status()?;
+    if !status.success() {
+        bail!("pip install {} failed", PACKAGES.join(" "));
+    }
+    std::fs::write(&stamp, b"")?;
+    Ok(python)
+}
+
+/// A throwaway PostgreSQL cluster.
+struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    fn start(dir: &Path) -> Result<Postgres> {
+        let bin = match find_pg_bin() {
+            Some(b) => b,
+            None => {
+                eprintln!("installing PostgreSQL with apt-get");
+                let ok = Command::new("apt-get")
+                    .args(["install", "-y", "-q", "postgresql"])
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                match find_pg_bin() {
+                    Some(b) if ok => b,
+                    _ => bail!(
+                        "PostgreSQL is not installed and apt-get could not install it; install `postgresql` or pass --no-postgres"
+                    ),
+                }
+            }
+        };
+        // PostgreSQL refuses to run as root: run it as `postgres` then.
+        let uid = Command::new("id").arg("-u").output()?;
+        let as_postgres = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let pg_dir = dir.join("pg");
+        std::fs::create_dir_all(&pg_dir)?;
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(dir)
+                .status()?
+                .success();
+            if !ok {
+                bail!("chown of {} to postgres failed", dir.display());
+            }
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let pg = Postgres {
+            bin,
+            data: pg_dir.join("data"),
+            port,
+            as_postgres,
+        };
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &pg.data.to_string_lossy(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )?;
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            pg_dir.display()
+        );
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &pg.data.to_string_lossy(),
+                "-o",
+                &opts,
+                "-l",
+                &pg_dir.join("log").to_string_lossy(),
+                "-w",
+                "start",
+            ],
+        )?;
+        Ok(pg)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> Result<()> {
+        let out = self.command(tool).args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "{tool} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgresql+psycopg2://postgres@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// Creates `view` with the seed's columns and COPYs the same rows in.
+    fn load(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        engine: &QueryEngine,
+        view: &str,
+        dir: &Path,
+    ) -> Result<()> {
+        let csv = dir.join("pg").join("month.csv");
+        let columns = runtime.block_on(async {
+            let mut stream = engine
+                .stream(&format!("SELECT * FROM \"{view}\" ORDER BY dt"))
+                .await?;
+            let schema = stream.schema();
+            let file = std::fs::File::create(&csv)?;
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(std::io::BufWriter::new(file));
+            while let Some(batch) = stream.next().await {
+                writer.write(&batch.map_err(wattson_query::Error::from)?)?;
+            }
+            Ok::<_, anyhow::Error>(schema)
+        })?;
+        if self.as_postgres {
+            Command::new("chown").arg("postgres:").arg(&csv).status()?;
+        }
+        let defs: Vec<String> = columns
+            .fields()
+            .iter()
+            .map(|f| {
+                let ty = if f.name() == "dt" {
+                    "timestamp"
+                } else {
+                    "double precision"
+                };
+                format!("\"{}\" {ty}", f.name())
+            })
+            .collect();
+        let sql = format!(
+            "CREATE TABLE \"{view}\" ({}); COPY \"{view}\" FROM '{}' WITH (FORMAT csv, HEADER true); ANALYZE \"{view}\";",
+            defs.join(", "),
+            csv.display()
+        );
+        self.run(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+                &sql,
+            ],
+        )
+    }
+
+    fn stop(&self) {
+        let data = self.data.to_string_lossy().into_owned();
+        if let Err(e) = self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]) {
+            eprintln!("stopping PostgreSQL: {e}");
+        }
+    }
+}
+
+fn find_pg_bin() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
