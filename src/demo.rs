@@ -30,6 +30,7 @@ pub struct DemoConfig {
     pub seed: u64,
     pub meters_listen: SocketAddr,
     pub subscribers_listen: SocketAddr,
+    pub dashboard_listen: SocketAddr,
 }
 
 /// The demo admin's name.
@@ -113,6 +114,9 @@ pub fn run(cfg: &DemoConfig) -> Result<()> {
     let mut config = serve::Config::default();
     config.mqtt.listen = cfg.meters_listen;
     config.subscribers.listen = cfg.subscribers_listen;
+    config.dashboard.listen = cfg.dashboard_listen;
+    // The demo may run beside a server that holds the default metrics port.
+    config.dashboard.metrics_listen = String::new();
     let stop = Arc::new(AtomicBool::new(false));
     let sim = Arc::new(parking_lot::Mutex::new(None));
     let on_ready = {
@@ -190,6 +194,11 @@ fn print_banner(
         at.subscribers,
         at.subscribers.ip(),
         at.subscribers.port()
+    ));
+    let scheme = if at.dashboard_tls { "https" } else { "http" };
+    out.push_str(&format!(
+        "  dashboard        {scheme}://{}/  (log in as the admin)\n",
+        at.dashboard
     ));
     if temporary {
         out.push_str(

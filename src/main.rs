@@ -156,6 +156,13 @@ struct DemoArgs {
     /// Where people subscribe to live readings.
     #[arg(long, default_value = "127.0.0.1:1884")]
     subscribers_listen: std::net::SocketAddr,
+    /// Where the dashboard listens.
+    #[arg(
+        long,
+        env = "WATTSON_DASHBOARD_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    dashboard_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +219,13 @@ struct ServeArgs {
     /// Where people subscribe, overriding subscribers.listen.
     #[arg(long)]
     subscribers_listen: Option<std::net::SocketAddr>,
+    /// Where the dashboard and HTTP API listen, overriding dashboard.listen.
+    #[arg(long, env = "WATTSON_DASHBOARD_LISTEN")]
+    dashboard_listen: Option<std::net::SocketAddr>,
+    /// Where /metrics answers without a token, overriding
+    /// dashboard.metrics_listen ("off" turns that listener off).
+    #[arg(long, env = "WATTSON_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -392,6 +406,12 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(addr) = args.subscribers_listen {
                 config.subscribers.listen = addr;
             }
+            if let Some(addr) = args.dashboard_listen {
+                config.dashboard.listen = addr;
+            }
+            if let Some(addr) = args.metrics_listen {
+                config.dashboard.metrics_listen = addr;
+            }
             serve::run(&cli.data_dir, config)
         }
         Command::Config { print_default } => {
@@ -410,6 +430,7 @@ fn run(cli: Cli) -> Result<()> {
             seed: args.seed,
             meters_listen: args.mqtt_listen,
             subscribers_listen: args.subscribers_listen,
+            dashboard_listen: args.dashboard_listen,
         }),
         Command::Device(cmd) => device_cmd(&cli.data_dir, cmd),
         Command::Bench(BenchCommand::Ingest {
