@@ -93,6 +93,7 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/api/token", post(sql::token))
         .route("/metrics", get(metrics::with_token))
         .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::map_response_with_state(
             app.clone(),
             security_headers,
@@ -107,6 +108,15 @@ async fn not_found(State(app): State<AppState>, parts: Parts) -> Response {
         return refuse(&parts);
     }
     json_error(StatusCode::NOT_FOUND, "no such page")
+}
+
+/// A known path with the wrong method: refused like [`not_found`] without
+/// a session, 405 with one.
+async fn wrong_method(State(app): State<AppState>, parts: Parts) -> Response {
+    if session_from(&app, &parts.headers, true).is_none() {
+        return refuse(&parts);
+    }
+    json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
 }
 
 /// The Content-Security-Policy: only this origin's files, no inline code,
@@ -128,7 +138,9 @@ async fn security_headers(State(app): State<AppState>, mut res: Response) -> Res
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not `no-referrer`: with it, browsers send `Origin: null` on form
+        // posts, and the same-origin check could not tell friend from foe.
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         "cross-origin-opener-policy",
@@ -192,8 +204,7 @@ fn same_origin(app: &App, headers: &HeaderMap) -> bool {
 }
 
 /// A request from a logged-in person. On anything but GET and HEAD it also
-/// checks the CSRF token (header or form field, see [`CsrfForm`]) and
-/// `Origin`.
+/// checks the CSRF token (header [`CSRF_HEADER`]) and `Origin`.
 #[derive(Debug)]
 pub(crate) struct Authed(pub(crate) SessionInfo);
 
@@ -352,23 +363,26 @@ impl App {
     }
 }
 
-/// The logout form's field.
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct CsrfForm {
-    csrf: String,
-}
-
-/// Ends the session on the server. The CSRF token comes as a form field
-/// (the logout button is a plain form) and `Origin` is checked.
+/// Ends the session on the server. The CSRF token comes as the form field
+/// `csrf` (the logout button is a plain form) or the header, and `Origin`
+/// is checked. The body is read raw so that a request without a session
+/// is sent to the login page whatever it carries.
 async fn logout(
     State(app): State<AppState>,
     headers: HeaderMap,
-    form: axum::Form<CsrfForm>,
+    body: axum::body::Bytes,
 ) -> Response {
     let Some(session) = session_from(&app, &headers, false) else {
         return Redirect::to("/login").into_response();
     };
-    if !same_origin(&app, &headers) || !same_secret(&form.csrf, &session.csrf) {
+    // The token is hex, so the form value needs no percent-decoding.
+    let field = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|b| b.split('&').find_map(|kv| kv.strip_prefix("csrf=")));
+    let given = field
+        .or_else(|| headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()))
+        .unwrap_or("");
+    if !same_origin(&app, &headers) || !same_secret(given, &session.csrf) {
         return json_error(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
     app.sessions.end(&session.id);
