@@ -31,6 +31,7 @@ pub struct DemoConfig {
     pub meters_listen: SocketAddr,
     pub subscribers_listen: SocketAddr,
     pub flight_listen: SocketAddr,
+    pub dashboard_listen: SocketAddr,
 }
 
 /// The demo admin's name.
@@ -115,6 +116,9 @@ pub fn run(cfg: &DemoConfig) -> Result<()> {
     config.mqtt.listen = cfg.meters_listen;
     config.subscribers.listen = cfg.subscribers_listen;
     config.flight.listen = cfg.flight_listen;
+    config.dashboard.listen = cfg.dashboard_listen;
+    // The demo may run beside a server that holds the default metrics port.
+    config.dashboard.metrics_listen = String::new();
     let stop = Arc::new(AtomicBool::new(false));
     let sim = Arc::new(parking_lot::Mutex::new(None));
     let on_ready = {
@@ -197,6 +201,11 @@ fn print_banner(
         "  Arrow Flight     grpc://{} as the admin (Flight SQL, ADBC, pyarrow), e.g.\n\
          \x20                  wattson sql --server {} --user {DEMO_ADMIN} 'SELECT * FROM system.devices'\n",
         at.flight, at.flight
+    ));
+    let scheme = if at.dashboard_tls { "https" } else { "http" };
+    out.push_str(&format!(
+        "  dashboard        {scheme}://{}/  (log in as the admin)\n",
+        at.dashboard
     ));
     if temporary {
         out.push_str(

@@ -159,6 +159,13 @@ struct DemoArgs {
     /// Where Arrow Flight and Flight SQL clients connect.
     #[arg(long, default_value = "127.0.0.1:50051")]
     flight_listen: std::net::SocketAddr,
+    /// Where the dashboard listens.
+    #[arg(
+        long,
+        env = "WATTSON_DASHBOARD_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    dashboard_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +226,13 @@ struct ServeArgs {
     /// flight.listen.
     #[arg(long)]
     flight_listen: Option<std::net::SocketAddr>,
+    /// Where the dashboard and HTTP API listen, overriding dashboard.listen.
+    #[arg(long, env = "WATTSON_DASHBOARD_LISTEN")]
+    dashboard_listen: Option<std::net::SocketAddr>,
+    /// Where /metrics answers without a token, overriding
+    /// dashboard.metrics_listen ("off" turns that listener off).
+    #[arg(long, env = "WATTSON_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -448,6 +462,12 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(addr) = args.flight_listen {
                 config.flight.listen = addr;
             }
+            if let Some(addr) = args.dashboard_listen {
+                config.dashboard.listen = addr;
+            }
+            if let Some(addr) = args.metrics_listen {
+                config.dashboard.metrics_listen = addr;
+            }
             serve::run(&cli.data_dir, config)
         }
         Command::Config { print_default } => {
@@ -467,6 +487,7 @@ fn run(cli: Cli) -> Result<()> {
             meters_listen: args.mqtt_listen,
             subscribers_listen: args.subscribers_listen,
             flight_listen: args.flight_listen,
+            dashboard_listen: args.dashboard_listen,
         }),
         Command::Device(cmd) => device_cmd(&cli.data_dir, cmd),
         Command::Bench(BenchCommand::Ingest {

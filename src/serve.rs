@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use wattson_dashboard::{Dashboard, DashboardConfig, Deps as DashboardDeps, LiveHub};
 use wattson_ingest::auth::{TokenStore, UserStore, Verifier};
 use wattson_ingest::live::{Fanout, LivePublisher};
 use wattson_ingest::mqtt::{MqttConfig, MqttDeps, MqttServer, MqttStats, TlsSettings};
@@ -95,6 +96,23 @@ memory_limit_mib = 1024
 timeout_s = 300
 # energy_kwh and twa do not integrate across gaps longer than this (seconds).
 max_gap_s = 300
+
+[dashboard]
+# The web dashboard and HTTP API (viewer and above may log in).
+listen = "0.0.0.0:8080"
+# HTTPS, on when `tls_cert` and `tls_key` are set (PEM files, as for [mqtt.tls]).
+tls_cert = ""
+tls_key = ""
+# A session unused this long ends (minutes); every session ends this long
+# after login (hours).
+session_idle_min = 30
+session_max_h = 12
+# A device silent this long is flagged on the live view (seconds).
+stale_after_s = 10
+# Prometheus metrics without a token; "" or "off" turns this listener off.
+metrics_listen = "127.0.0.1:9464"
+# When set, /metrics on the dashboard port answers `Authorization: Bearer <token>`.
+metrics_token = ""
 "#;
 
 /// The whole configuration.
@@ -108,6 +126,7 @@ pub struct Config {
     pub flight: FlightSection,
     pub auth: AuthSection,
     pub query: QuerySection,
+    pub dashboard: DashboardSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -177,6 +196,20 @@ pub struct QuerySection {
     pub max_gap_s: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSection {
+    pub listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub session_idle_min: u64,
+    pub session_max_h: u64,
+    pub stale_after_s: u64,
+    /// Empty: no separate metrics listener.
+    pub metrics_listen: String,
+    pub metrics_token: String,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -219,6 +252,16 @@ impl Default for Config {
                 memory_limit_mib: 1024,
                 timeout_s: 300,
                 max_gap_s: 300,
+            },
+            dashboard: DashboardSection {
+                listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+                tls_cert: PathBuf::new(),
+                tls_key: PathBuf::new(),
+                session_idle_min: 30,
+                session_max_h: 12,
+                stale_after_s: 10,
+                metrics_listen: "127.0.0.1:9464".to_owned(),
+                metrics_token: String::new(),
             },
         }
     }
@@ -264,6 +307,44 @@ impl Default for QuerySection {
         Config::default().query
     }
 }
+impl Default for DashboardSection {
+    fn default() -> Self {
+        Config::default().dashboard
+    }
+}
+
+impl DashboardSection {
+    fn to_config(&self) -> Result<DashboardConfig> {
+        let tls = match (
+            self.tls_cert.as_os_str().is_empty(),
+            self.tls_key.as_os_str().is_empty(),
+        ) {
+            (true, true) => None,
+            (false, false) => Some((self.tls_cert.clone(), self.tls_key.clone())),
+            _ => bail!("[dashboard] needs both tls_cert and tls_key for HTTPS, or neither"),
+        };
+        let metrics_listen = match self.metrics_listen.trim() {
+            "" | "off" => None,
+            text => Some(text.parse().with_context(|| {
+                format!(
+                    "[dashboard] metrics_listen = {text:?} is not an address like 127.0.0.1:9464"
+                )
+            })?),
+        };
+        if self.session_idle_min == 0 || self.session_max_h == 0 {
+            bail!("[dashboard] session_idle_min and session_max_h must be at least 1");
+        }
+        Ok(DashboardConfig {
+            listen: self.listen,
+            tls,
+            session_idle: Duration::from_secs(self.session_idle_min.saturating_mul(60)),
+            session_max: Duration::from_secs(self.session_max_h.saturating_mul(3600)),
+            metrics_listen,
+            metrics_token: Some(self.metrics_token.clone()).filter(|t| !t.is_empty()),
+            stale_after: Duration::from_secs(self.stale_after_s.max(1)),
+        })
+    }
+}
 
 impl Config {
     /// Reads `path`, or `./wattson.toml` when no path is given and it exists,
@@ -297,6 +378,10 @@ pub struct Listening {
     pub subscribers: std::net::SocketAddr,
     /// Arrow Flight and Flight SQL.
     pub flight: std::net::SocketAddr,
+    /// The dashboard and HTTP API.
+    pub dashboard: std::net::SocketAddr,
+    /// Whether the dashboard speaks HTTPS.
+    pub dashboard_tls: bool,
 }
 
 /// [`run`], calling `on_ready` once both listeners are up (`wattson demo`
@@ -429,7 +514,17 @@ async fn serve(
     .context("starting the subscriber broker")?;
     tracing::info!(listen = %broker.listen_addr(), "subscribers listening");
     let topics = TopicMap::new(&config.ingest.topics).context("in [[ingest.topics]]")?;
-    let live_targets: Vec<Arc<dyn LivePublisher>> = vec![Arc::new(broker.handle())];
+    let dashboard_config = config.dashboard.to_config()?;
+    let topics = Arc::new(topics);
+    let decoder = Decoder::new(DecodeOptions {
+        max_clock_skew: Duration::from_secs(config.ingest.max_clock_skew_s),
+        max_payload_bytes: config.ingest.max_payload_kib << 10,
+        max_readings_per_message: config.ingest.max_readings_per_message,
+        ..DecodeOptions::default()
+    });
+    let live_hub = LiveHub::new(topics.clone(), decoder.clone());
+    let live_targets: Vec<Arc<dyn LivePublisher>> =
+        vec![Arc::new(broker.handle()), live_hub.clone()];
     let live: Arc<dyn LivePublisher> = Arc::new(Fanout(live_targets));
     let counters = Arc::new(IngestCounters::new());
     let tls_section = &config.mqtt.tls;
@@ -453,13 +548,8 @@ async fn serve(
         MqttDeps {
             store: store.clone(),
             verifier: verifier.clone(),
-            topics: Arc::new(topics),
-            decoder: Decoder::new(DecodeOptions {
-                max_clock_skew: Duration::from_secs(config.ingest.max_clock_skew_s),
-                max_payload_bytes: config.ingest.max_payload_kib << 10,
-                max_readings_per_message: config.ingest.max_readings_per_message,
-                ..DecodeOptions::default()
-            }),
+            topics,
+            decoder,
             counters: counters.clone(),
             live,
             clock: Arc::new(SystemClock),
@@ -493,11 +583,36 @@ async fn serve(
         counters,
     };
     let flight = start_flight(&config.flight, &shared).await?;
+    let dashboard_tls = dashboard_config.tls.is_some();
+    let dashboard = Dashboard::start(
+        dashboard_config,
+        DashboardDeps {
+            store: shared.store.clone(),
+            users: shared.users.clone(),
+            verifier: shared.verifier.clone(),
+            tokens: shared.tokens.clone(),
+            engine: shared.engine.clone(),
+            mqtt_stats: shared.mqtt_stats.clone(),
+            live: live_hub,
+        },
+    )
+    .await
+    .context("starting the dashboard")?;
+    tracing::info!(
+        dashboard_listen = %dashboard.local_addr(),
+        tls = dashboard_tls,
+        "dashboard listening"
+    );
+    if let Some(addr) = dashboard.metrics_addr() {
+        tracing::info!(metrics_listen = %addr, "metrics listening (/metrics)");
+    }
     if let Some(meters) = mqtt.local_addr().or(mqtt.tls_addr()) {
         on_ready(Listening {
             meters,
             subscribers: broker.listen_addr(),
             flight: flight.local_addr(),
+            dashboard: dashboard.local_addr(),
+            dashboard_tls,
         });
     }
 
@@ -507,6 +622,7 @@ async fn serve(
         tracing::warn!("Flight server: {e}");
     }
     tracing::info!("Flight server stopped");
+    dashboard.shutdown().await;
     let stats = mqtt.stats().clone();
     mqtt.shutdown().await;
     broker.shutdown();

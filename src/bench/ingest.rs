@@ -128,6 +128,12 @@ fn start_server(data: &Path, config: &Path) -> Result<(Child, u16)> {
         .arg(config)
         .arg("--subscribers-listen")
         .arg(subscribers.to_string())
+        .args([
+            "--dashboard-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -9,7 +9,6 @@
 //!
 //! [`Store::latest`]: crate::Store::latest
 
-
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, RecordBatch};

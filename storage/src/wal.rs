@@ -126,6 +126,12 @@ pub fn replay_read_only(
     Ok(rec.events)
 }
 
+/// Upper bounds (inclusive, microseconds) of the fdatasync latency buckets
+/// in [`WalStats::fsync_latency`]; a last, unbounded bucket follows.
+pub const FSYNC_BUCKETS_US: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
+
 /// Counters since open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WalStats {
@@ -135,6 +141,11 @@ pub struct WalStats {
     pub commits: u64,
     /// Record bytes made durable, frames included.
     pub bytes: u64,
+    /// fdatasync durations of commit rounds: counts per bucket of
+    /// [`FSYNC_BUCKETS_US`], then the unbounded bucket.
+    pub fsync_latency: [u64; FSYNC_BUCKETS_US.len() + 1],
+    /// Sum of those durations, in microseconds.
+    pub fsync_sum_us: u64,
 }
 
 /// The write-ahead log. `Send + Sync`: share it (`Arc<Wal<T>>`) and append
@@ -397,6 +408,8 @@ impl<T: Send + 'static> Wal<T> {
             appends: c.appends.load(Ordering::Relaxed),
             commits: c.commits.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
+            fsync_latency: std::array::from_fn(|i| c.fsync_latency[i].load(Ordering::Relaxed)),
+            fsync_sum_us: c.fsync_sum_us.load(Ordering::Relaxed),
         }
     }
 

@@ -28,6 +28,27 @@ pub(crate) fn mosquitto_pub() -> Option<&'static Path> {
     .as_deref()
 }
 
+/// Debian's `chromium` for the dashboard's browser test, installed like
+/// [`mosquitto_pub`]; `None` (after a loud message) when impossible.
+pub(crate) fn chromium() -> Option<&'static Path> {
+    static TOOL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        if let Some(p) = find("chromium") {
+            return Some(p);
+        }
+        let log = install("chromium");
+        let found = find("chromium");
+        if found.is_none() {
+            eprintln!(
+                "\n********\nSKIPPED: chromium is not installed and `apt-get install chromium` failed; \
+                 install Debian's chromium to run the browser test.\n{log}\n********\n"
+            );
+        }
+        found
+    })
+    .as_deref()
+}
+
 fn find(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

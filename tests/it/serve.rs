@@ -12,7 +12,12 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 pub(crate) fn wattson(data: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wattson"));
-    cmd.arg("--data-dir").arg(data).env("WATTSON_LOG", "info");
+    cmd.arg("--data-dir")
+        .arg(data)
+        .env("WATTSON_LOG", "info")
+        // Tests run in parallel: no fixed dashboard or metrics port.
+        .env("WATTSON_DASHBOARD_LISTEN", "127.0.0.1:0")
+        .env("WATTSON_METRICS_LISTEN", "off");
     cmd
 }
 

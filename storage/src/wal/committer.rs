@@ -73,14 +73,17 @@ impl Log {
         Ok(())
     }
 
-    fn write_round(&mut self, first_seq: u64, buf: &[u8]) -> Result<()> {
+    /// Writes and syncs one round; returns how long the sync took.
+    fn write_round(&mut self, first_seq: u64, buf: &[u8]) -> Result<Duration> {
         if self.current_has_records && self.file.len() >= self.segment_bytes {
             self.rotate(first_seq)?;
         }
         let path = &self.current.path;
         self.file.write_all(buf).map_err(|e| Error::io(path, e))?;
         self.current_has_records = true;
-        self.file.sync_data().map_err(|e| Error::io(path, e))
+        let started = Instant::now();
+        self.file.sync_data().map_err(|e| Error::io(path, e))?;
+        Ok(started.elapsed())
     }
 }
 
@@ -89,9 +92,25 @@ pub(super) struct Counters {
     pub(super) appends: AtomicU64,
     pub(super) commits: AtomicU64,
     pub(super) bytes: AtomicU64,
+    /// fdatasync durations: counts per bucket of `FSYNC_BUCKETS_US`, then
+    /// the unbounded bucket.
+    pub(super) fsync_latency: [AtomicU64; super::FSYNC_BUCKETS_US.len() + 1],
+    pub(super) fsync_sum_us: AtomicU64,
     /// Mirror of the committed seq, updated under the log lock right after
     /// `on_commit`, so `rotate_with` sees exactly what `on_commit` saw.
     pub(super) committed: AtomicU64,
+}
+
+impl Counters {
+    fn record_fsync(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = super::FSYNC_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(super::FSYNC_BUCKETS_US.len());
+        self.fsync_latency[i].fetch_add(1, Ordering::Relaxed);
+        self.fsync_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 pub(super) struct Shared<T> {
@@ -181,13 +200,14 @@ impl<T> Shared<T> {
             format::encode_record(&mut buf, p.seq, &p.payload);
         }
         let mut log = lock(&self.log);
-        log.write_round(first, &buf)?;
+        let synced_in = log.write_round(first, &buf)?;
         let count = batch.len() as u64;
         on_commit(batch.into_iter().map(|p| (p.seq, p.item)).collect());
         self.counters.committed.store(last, Ordering::SeqCst);
         drop(log);
         self.counters.appends.fetch_add(count, Ordering::Relaxed);
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.record_fsync(synced_in);
         self.counters
             .bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
