@@ -26,6 +26,10 @@ use crate::error::Error;
 use crate::plain;
 use crate::sql::SqlService;
 
+/// How long a handshake without an `authorization` header may take to
+/// send its credentials message.
+const HANDSHAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Auth in front of plain Flight and Flight SQL.
@@ -64,7 +68,10 @@ impl FlightService for Gate {
         let first = if metadata.get("authorization").is_some() {
             None
         } else {
-            stream.next().await.transpose()?
+            tokio::time::timeout(HANDSHAKE_WAIT, stream.next())
+                .await
+                .map_err(|_| Error::Unauthenticated("no credentials in the handshake".into()))?
+                .transpose()?
         };
         let creds = auth::credentials(&metadata, first.as_ref())?;
         let deps = &self.sql.deps;

@@ -468,3 +468,73 @@ print("ok")
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n20000\n");
 }
+
+#[test]
+fn bench_flight_pulls_a_small_month_over_doget_and_adbc() {
+    let venv = python().parent().unwrap().parent().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wattson"))
+        .args([
+            "--log",
+            "warn",
+            "bench",
+            "flight",
+            "--rows",
+            "3000",
+            "--no-postgres",
+            "--json",
+            "--venv",
+        ])
+        .arg(venv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows"], 3000);
+    assert_eq!(report["columns"], 19);
+    assert!(report["doget_mb_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["adbc_pandas_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["postgres_pandas_s"].is_null(), "{report}");
+}
+
+#[test]
+fn flight_over_tls_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = seeded(dir.path());
+    let pki = crate::mqtt::test_pki(dir.path());
+    let config = dir.path().join("wattson.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[flight]\ncert = {:?}\nkey = {:?}\n",
+            pki.cert.display().to_string(),
+            pki.key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (server, port) = start(&data, &["--config", config.to_str().unwrap()]);
+    let out = py(
+        r#"
+import os
+import pyarrow.flight as fl
+ca = open(os.environ["CA"], "rb").read()
+client = fl.FlightClient(f"grpc+tls://localhost:{os.environ['PORT']}", tls_root_certs=ca)
+o = fl.FlightCallOptions(headers=[client.authenticate_basic_token("admin", os.environ["ADMIN_PASSWORD"])])
+assert [f.descriptor.path[0] for f in client.list_flights(options=o)] == [b"power_consumption"]
+plain = fl.FlightClient(f"grpc://localhost:{os.environ['PORT']}")
+try:
+    plain.authenticate_basic_token("admin", os.environ["ADMIN_PASSWORD"])
+    raise SystemExit("plain gRPC accepted on the TLS port")
+except fl.FlightError:
+    pass
+print("ok")
+"#,
+        port,
+        &[("CA", pki.ca_pem.to_str().unwrap())],
+    );
+    assert!(out.contains("ok"), "{out}");
+    stop(server);
+}

@@ -82,14 +82,14 @@ async fn acks(ev: &mut EventLoop, n: u64) {
 
 /// A private CA, a server certificate it signed for 127.0.0.1 and
 /// localhost, and the files `wattson serve` and clients read.
-struct TestPki {
-    ca_der: CertificateDer<'static>,
-    ca_pem: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+pub(crate) struct TestPki {
+    pub(crate) ca_der: CertificateDer<'static>,
+    pub(crate) ca_pem: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
-fn test_pki(dir: &Path) -> TestPki {
+pub(crate) fn test_pki(dir: &Path) -> TestPki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
