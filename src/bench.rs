@@ -28,6 +28,7 @@ use wattson_storage::{Reading, ScanRequest, Store, StoreOptions};
 
 use crate::simdata::{self, SEED_TABLE};
 
+pub mod dashboard;
 pub mod flight;
 pub mod ingest;
 pub mod query;

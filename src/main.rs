@@ -224,7 +224,7 @@ struct ServeArgs {
     subscribers_listen: Option<std::net::SocketAddr>,
     /// Where Arrow Flight and Flight SQL clients connect, overriding
     /// flight.listen.
-    #[arg(long)]
+    #[arg(long, env = "WATTSON_FLIGHT_LISTEN")]
     flight_listen: Option<std::net::SocketAddr>,
     /// Where the dashboard and HTTP API listen, overriding dashboard.listen.
     #[arg(long, env = "WATTSON_DASHBOARD_LISTEN")]
@@ -312,6 +312,28 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The dashboard: latency from an MQTT publish to the live view's
+    /// server-sent event with simulated meters at 1 Hz (target p99 at most
+    /// 200 ms), and the history request for one channel over a month of
+    /// 1 Hz data downsampled to 1000 pixels (target at most 300 ms). Build
+    /// with --release for real figures.
+    Dashboard {
+        /// Simulated meters publishing once a second.
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Days of 1 Hz history for the history request (at most 31).
+        #[arg(long, default_value_t = 30.0)]
+        days: f64,
+        /// Seconds of live events measured, after a 3 s warm-up.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Hot runs of the history request (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -539,6 +561,22 @@ fn run(cli: Cli) -> Result<()> {
                 dir,
                 runs,
                 venv: (!no_duckdb).then_some(venv),
+                progress: !json,
+            })?;
+            print_report(&report, json)
+        }
+        Command::Bench(BenchCommand::Dashboard {
+            devices,
+            days,
+            seconds,
+            runs,
+            json,
+        }) => {
+            let report = bench::dashboard::run(&bench::dashboard::DashboardBenchConfig {
+                devices,
+                days,
+                seconds,
+                runs,
                 progress: !json,
             })?;
             print_report(&report, json)

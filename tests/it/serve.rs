@@ -15,7 +15,8 @@ pub(crate) fn wattson(data: &Path) -> Command {
     cmd.arg("--data-dir")
         .arg(data)
         .env("WATTSON_LOG", "info")
-        // Tests run in parallel: no fixed dashboard or metrics port.
+        // Tests run in parallel: no fixed Flight, dashboard or metrics port.
+        .env("WATTSON_FLIGHT_LISTEN", "127.0.0.1:0")
         .env("WATTSON_DASHBOARD_LISTEN", "127.0.0.1:0")
         .env("WATTSON_METRICS_LISTEN", "off");
     cmd
