@@ -32,6 +32,10 @@ fn port_after(line: &str, field: &str) -> Option<u16> {
 }
 
 fn start(data: &Path) -> Server {
+    start_with(data, &[])
+}
+
+fn start_with(data: &Path, extra: &[&str]) -> Server {
     let mut child = wattson(data)
         .args([
             "serve",
@@ -44,6 +48,7 @@ fn start(data: &Path) -> Server {
             "--metrics-listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -123,8 +128,19 @@ impl Response {
 
 /// One request over a fresh connection (`Connection: close`).
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    http_on(s, port, method, path, headers, body)
+}
+
+fn http_on(
+    mut s: impl Read + Write,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -680,4 +696,129 @@ fn dashboard_in_a_real_browser() {
             "{shot}.png"
         );
     }
+}
+
+/// One HTTPS request, trusting only the test CA.
+fn https(
+    port: u16,
+    ca: &tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    http_on(
+        rustls::StreamOwned::new(conn, tcp),
+        port,
+        method,
+        path,
+        headers,
+        body,
+    )
+}
+
+/// HTTPS with the configured certificate (cookies gain `Secure`), plain
+/// HTTP refused on that port, and `/metrics` on the main port only with the
+/// configured token.
+#[test]
+fn dashboard_over_tls_and_metrics_behind_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    setup(&data);
+    let pki = crate::mqtt::test_pki(dir.path());
+    let config = dir.path().join("wattson.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dashboard]\ntls_cert = {:?}\ntls_key = {:?}\nmetrics_token = \"metrics-secret-for-tests\"\n",
+            pki.cert, pki.key
+        ),
+    )
+    .unwrap();
+    let server = start_with(&data, &["--config", config.to_str().unwrap()]);
+    let port = server.http;
+
+    let page = https(port, &pki.ca_der, "GET", "/login", &[], b"");
+    assert_eq!(page.status, 200, "{}", page.text());
+    let body = format!("user=admin&password={}", ADMIN_PASSWORD.replace(' ', "+"));
+    let origin = format!("https://127.0.0.1:{port}");
+    let logged_in = https(
+        port,
+        &pki.ca_der,
+        "POST",
+        "/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", &origin),
+        ],
+        body.as_bytes(),
+    );
+    let cookie = logged_in.header("set-cookie").unwrap_or_default().to_owned();
+    assert!(logged_in.session().is_some(), "{logged_in:?}");
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(flag), "{flag} missing from {cookie}");
+    }
+    let session = format!("wattson_session={}", logged_in.session().unwrap());
+    let me = https(
+        port,
+        &pki.ca_der,
+        "GET",
+        "/api/session",
+        &[("Cookie", &session)],
+        b"",
+    );
+    assert_eq!(me.status, 200, "{}", me.text());
+
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    plain
+        .write_all(b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "plain HTTP was served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let no_token = https(port, &pki.ca_der, "GET", "/metrics", &[], b"");
+    assert_eq!(no_token.status, 401, "{}", no_token.text());
+    let wrong = https(
+        port,
+        &pki.ca_der,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer metrics-secret-for-testz")],
+        b"",
+    );
+    assert_eq!(wrong.status, 401, "{}", wrong.text());
+    let metrics = https(
+        port,
+        &pki.ca_der,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer metrics-secret-for-tests")],
+        b"",
+    );
+    assert_eq!(metrics.status, 200, "{}", metrics.text());
+    assert!(metrics.text().contains("# TYPE"), "{}", metrics.text());
+    stop(server.child);
 }
