@@ -214,6 +214,7 @@
       const k = await getJson("/api/kwh?" + q);
       const labels = k.days.map((d) => { const x = new Date(d); return (x.getUTCMonth() + 1) + "/" + x.getUTCDate(); });
       WChart.bars(bars, labels, Object.entries(k.series).map(([name, values]) => ({ name, values })));
+      bars.dataset.days = String(labels.length);
     }
     drawBtn.onclick = () => { setRange(Date.parse(fromIn.value), Date.parse(toIn.value)); outer = null; draw(); };
     resetBtn.onclick = () => { if (outer) { setRange(outer.from, outer.to); outer = null; draw(); } };

@@ -63,6 +63,8 @@ function check(cond, msg) { if (!cond) throw new Error("check failed: " + msg); 
     await page.waitForFunction(() => Number(document.getElementById("h-chart").dataset.drawn || 0) > 100, null, { timeout: 10000 });
     console.log("HISTORY_MS " + (Date.now() - t1));
     console.log("HISTORY_INFO " + (await page.textContent("#h-info")));
+    // The daily kWh bars of the month (about 30 days of the imported power).
+    await page.waitForFunction(() => Number(document.getElementById("h-kwh").dataset.days || 0) >= 28, null, { timeout: 10000 });
     await shot(page, "04-history-month");
 
     // 5. CSV download of the range.
