@@ -74,6 +74,8 @@ function check(cond, msg) { if (!cond) throw new Error("check failed: " + msg); 
     const csv = fs.readFileSync(csvPath, "utf8").trim().split("\n");
     check(csv[0].startsWith("time,device,"), "CSV header: " + csv[0]);
     console.log("CSV_ROWS " + (csv.length - 1));
+    const [pq] = await Promise.all([page.waitForEvent("download"), page.click('[id="dl-parquet-m1"]')]);
+    await pq.saveAs(path.join(ARTIFACTS, "m1.parquet"));
 
     // 6. Fleet.
     await page.goto(BASE + "/fleet");

@@ -684,6 +684,13 @@ fn dashboard_in_a_real_browser() {
         rows >= 30 * 24 * 60 - 10,
         "a month of readings downloaded: {rows}"
     );
+    let parquet = std::fs::File::open(artifacts.join("m1.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(parquet)
+        .unwrap()
+        .build()
+        .unwrap();
+    let parquet_rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(parquet_rows, rows, "the Parquet download holds the CSV's rows");
     for shot in [
         "01-login-refused",
         "02-live",
