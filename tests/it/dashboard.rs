@@ -690,7 +690,10 @@ fn dashboard_in_a_real_browser() {
         .build()
         .unwrap();
     let parquet_rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
-    assert_eq!(parquet_rows, rows, "the Parquet download holds the CSV's rows");
+    assert_eq!(
+        parquet_rows, rows,
+        "the Parquet download holds the CSV's rows"
+    );
     for shot in [
         "01-login-refused",
         "02-live",
@@ -774,7 +777,10 @@ fn dashboard_over_tls_and_metrics_behind_a_token() {
         ],
         body.as_bytes(),
     );
-    let cookie = logged_in.header("set-cookie").unwrap_or_default().to_owned();
+    let cookie = logged_in
+        .header("set-cookie")
+        .unwrap_or_default()
+        .to_owned();
     assert!(logged_in.session().is_some(), "{logged_in:?}");
     for flag in ["Secure", "HttpOnly", "SameSite=Strict"] {
         assert!(cookie.contains(flag), "{flag} missing from {cookie}");
