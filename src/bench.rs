@@ -289,3 +289,42 @@ fn recovery(dir: &Path, cfg: &StorageBenchConfig) -> Result<(f64, u64)> {
     let gib = wal_bytes as f64 / f64::from(1u32 << 30);
     Ok((took.as_secs_f64() / gib.max(1e-12), wal_bytes))
 }
+
+/// The python of the venv at `venv`, created when missing, with `packages`
+/// (pinned `name==version` strings) installed from PyPI once: a stamp file
+/// named after them marks the venv as done.
+pub(crate) fn python_venv(venv: &Path, packages: &[&str]) -> Result<PathBuf> {
+    use anyhow::bail;
+    use std::process::Command;
+    let python = venv.join("bin/python");
+    let stamp = venv.join(format!("installed-{}", packages.join("+")));
+    if stamp.exists() {
+        return Ok(python);
+    }
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv)
+            .status()
+            .context("running python3 -m venv (install python3-venv)")?;
+        if !status.success() {
+            bail!("python3 -m venv {} failed", venv.display());
+        }
+    }
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(packages)
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {} failed", packages.join(" "));
+    }
+    std::fs::write(&stamp, b"")?;
+    Ok(python)
+}

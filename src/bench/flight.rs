@@ -23,7 +23,7 @@ use wattson_ingest::auth::{Role, TokenStore, UserStore, Verifier};
 use wattson_query::{QueryEngine, QueryOptions};
 use wattson_storage::{Month, Store, StoreOptions};
 
-use crate::bench::{START_NS, append_all, bar, generator};
+use crate::bench::{START_NS, append_all, bar, generator, python_venv};
 use crate::simdata::SEED_TABLE;
 
 const SCRIPT: &str = include_str!("../../benches/flight_pull.py");
@@ -87,7 +87,7 @@ pub fn run(cfg: &FlightBenchConfig) -> Result<FlightBenchReport> {
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let data = dir.path().join("data");
-    let python = venv(&cfg.venv)?;
+    let python = python_venv(&cfg.venv, PACKAGES)?;
 
     let store = Arc::new(Store::open(&data, StoreOptions::default())?);
     let progress = bar(cfg.progress, cfg.rows, "loading");
@@ -216,40 +216,6 @@ pub fn run(cfg: &FlightBenchConfig) -> Result<FlightBenchReport> {
         speedup_vs_postgres: pg.as_ref().map(|p| p.s / adbc.s),
         doget_speedup_vs_postgres: pg.as_ref().map(|p| p.s / doget.s),
     })
-}
-
-/// The venv's python, with the pinned packages installed once.
-fn venv(venv: &Path) -> Result<PathBuf> {
-    let python = venv.join("bin/python");
-    let stamp = venv.join(format!("flight-bench-{}", PACKAGES.join("+")));
-    if stamp.exists() {
-        return Ok(python);
-    }
-    if !python.exists() {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(venv)
-            .status()
-            .context("running python3 -m venv (install python3-venv)")?;
-        if !status.success() {
-            bail!("python3 -m venv {} failed", venv.display());
-        }
-    }
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(PACKAGES)
-        .status()?;
-    if !status.success() {
-        bail!("pip install {} failed", PACKAGES.join(" "));
-    }
-    std::fs::write(&stamp, b"")?;
-    Ok(python)
 }
 
 /// A throwaway PostgreSQL cluster.

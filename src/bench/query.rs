@@ -22,7 +22,7 @@ use serde::Serialize;
 use wattson_query::{QueryEngine, QueryOptions};
 use wattson_storage::{ScanRequest, Store, StoreOptions};
 
-use crate::bench::{START_NS, append_all, bar, generator};
+use crate::bench::{START_NS, append_all, bar, generator, python_venv};
 use crate::simdata::{SEED_TABLE, device_id};
 
 /// The appliances whose power (`*_p`) query (c) integrates.
@@ -219,31 +219,9 @@ fn duckdb_c(
         )?;
         std::fs::rename(&tmp, &parquet)?;
     }
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(venv)
-            .status()
-            .context("running python3 -m venv (install python3-venv)")?;
-        if !status.success() {
-            bail!("python3 -m venv {} failed", venv.display());
-        }
-    }
-    let have = Command::new(&python)
-        .args(["-c", "import duckdb; print(duckdb.__version__)"])
-        .output()?;
-    if String::from_utf8_lossy(&have.stdout).trim() != DUCKDB_VERSION {
-        let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet"])
-            .arg(format!("duckdb=={DUCKDB_VERSION}"))
-            // DuckDB returns time-zone-aware timestamps through pytz.
-            .arg("pytz")
-            .status()?;
-        if !status.success() {
-            bail!("pip install duckdb=={DUCKDB_VERSION} failed");
-        }
-    }
+    // DuckDB returns time-zone-aware timestamps through pytz.
+    let duckdb = format!("duckdb=={DUCKDB_VERSION}");
+    let python = python_venv(venv, &[&duckdb, "pytz"])?;
     let seconds = (cfg.days * 86_400.0) as i64;
     let lags: Vec<String> = APPLIANCES
         .iter()
