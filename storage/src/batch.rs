@@ -28,13 +28,22 @@ pub(crate) fn encode(readings: &[Reading]) -> Vec<u8> {
     let mut last: Vec<(*const str, u64)> = Vec::new();
     let mut body = Vec::with_capacity(readings.len() * 64);
     put_u64(&mut body, readings.len() as u64);
+    // Consecutive readings mostly share table and device: compare with the
+    // previous reading's before hashing.
+    let mut last_keys: [(&str, u64); 2] = [("", u64::MAX); 2];
     for r in readings {
-        for s in [r.table.as_str(), r.device.as_str()] {
-            let id = *index.entry(s).or_insert_with(|| {
-                names.push(s);
-                names.len() as u64 - 1
-            });
-            put_u64(&mut body, id);
+        for (slot, s) in last_keys
+            .iter_mut()
+            .zip([r.table.as_str(), r.device.as_str()])
+        {
+            if slot.1 == u64::MAX || slot.0 != s {
+                let id = *index.entry(s).or_insert_with(|| {
+                    names.push(s);
+                    names.len() as u64 - 1
+                });
+                *slot = (s, id);
+            }
+            put_u64(&mut body, slot.1);
         }
         put_i64(&mut body, r.time);
         put_u64(&mut body, r.values.len() as u64);

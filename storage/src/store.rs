@@ -245,9 +245,7 @@ impl Shared {
         };
         for (seq, rows) in batches {
             state.latest.observe_batch(seq, &rows);
-            for row in rows {
-                state.active.insert(seq, row);
-            }
+            state.active.insert_batch(seq, rows);
         }
         self.active_bytes
             .store(state.active.bytes(), Ordering::Release);

@@ -306,9 +306,7 @@ pub(super) fn replay_record(
         match catalog.admit(vec![r]) {
             Ok((rows, _)) => {
                 state.latest.observe_batch(seq, &rows);
-                for row in rows {
-                    state.active.insert(seq, row);
-                }
+                state.active.insert_batch(seq, rows);
             }
             Err(e) => report.push(RecoveryEvent::RecordSkipped {
                 seq,
