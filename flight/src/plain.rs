@@ -235,17 +235,24 @@ pub(crate) fn flight_info(store: &Store, descriptor: FlightDescriptor) -> Result
     Ok(info)
 }
 
+/// A plain ticket and its month. Tickets come from clients, so any bytes
+/// must give an error, never a panic.
+fn parse_ticket(ticket: &Ticket) -> Result<(PartitionTicket, Month)> {
+    let t: PartitionTicket = serde_json::from_slice(&ticket.ticket).map_err(|e| {
+        Error::InvalidArgument(format!("bad ticket ({e}); use one from GetFlightInfo"))
+    })?;
+    let month = Month::parse(&t.month)
+        .ok_or_else(|| Error::InvalidArgument(format!("bad month in ticket: {:?}", t.month)))?;
+    Ok((t, month))
+}
+
 /// Streams one partition as Flight data, read on a blocking thread and
 /// handed over a batch at a time.
 pub(crate) fn do_get(
     store: Arc<Store>,
     ticket: &Ticket,
 ) -> Result<impl Stream<Item = Result<FlightData, Status>> + Send + 'static> {
-    let t: PartitionTicket = serde_json::from_slice(&ticket.ticket).map_err(|e| {
-        Error::InvalidArgument(format!("bad ticket ({e}); use one from GetFlightInfo"))
-    })?;
-    let month = Month::parse(&t.month)
-        .ok_or_else(|| Error::InvalidArgument(format!("bad month in ticket: {:?}", t.month)))?;
+    let (t, month) = parse_ticket(ticket)?;
     let req = ScanRequest {
         table: t.table.clone(),
         devices: Some(vec![t.device.clone()]),
@@ -300,6 +307,27 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1_000_000_000));
         assert_eq!(TimeArg::Millis(5).to_ns("start").unwrap(), 5_000_000);
         assert!(TimeArg::Text("yesterday".into()).to_ns("start").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_command_or_ticket_bytes_give_an_answer_not_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            month in "[0-9-]{0,12}",
+            table in ".{0,12}",
+        ) {
+            let _ = parse_command(&FlightDescriptor::new_cmd(bytes.clone()));
+            let _ = parse_ticket(&Ticket::new(bytes));
+            let json = serde_json::json!({
+                "table": table, "device": "m1", "month": month,
+                "start": i64::MIN, "end": i64::MAX, "columns": null,
+            });
+            let _ = parse_ticket(&Ticket::new(json.to_string().into_bytes()));
+            let cmd = serde_json::json!({ "table": table, "start": month, "end": -1 });
+            let _ = parse_command(&FlightDescriptor::new_cmd(cmd.to_string().into_bytes()));
+            let _ = TimeArg::Text(table).to_ns("start");
+            let _ = TimeArg::Millis(i64::MIN).to_ns("start");
+        }
     }
 
     #[test]
