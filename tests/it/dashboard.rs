@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-use crate::serve::{setup, stop, wattson};
+use crate::serve::{setup, spawn_listening, stop, wattson};
 
 const ADMIN_PASSWORD: &str = "a long admin password";
 const VIEWER_PASSWORD: &str = "a long viewer password";
@@ -25,78 +25,42 @@ struct Server {
     metrics: u16,
 }
 
-fn port_after(line: &str, field: &str) -> Option<u16> {
-    let rest = line.split(&format!(" {field}=")).nth(1)?;
-    let addr = rest.split_whitespace().next()?;
-    addr.rsplit(':').next()?.parse().ok()
-}
-
 fn start(data: &Path) -> Server {
     start_with(data, &[])
 }
 
 fn start_with(data: &Path, extra: &[&str]) -> Server {
-    let mut child = wattson(data)
-        .args([
-            "serve",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--subscribers-listen",
-            "127.0.0.1:0",
-            "--dashboard-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut mqtt, mut http, mut metrics) = (None, None, None);
-    while mqtt.is_none() || http.is_none() || metrics.is_none() {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if line.contains("meters listening") {
-            mqtt = port_after(&line, "listen");
-        } else if line.contains("dashboard listening") {
-            http = port_after(&line, "dashboard_listen");
-        } else if line.contains("metrics listening") {
-            metrics = port_after(&line, "metrics_listen");
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let mut cmd = wattson(data);
+    cmd.args([
+        "serve",
+        "--mqtt-listen",
+        "127.0.0.1:0",
+        "--subscribers-listen",
+        "127.0.0.1:0",
+        "--dashboard-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .args(extra);
+    let (child, ports) = spawn_listening(
+        &mut cmd,
+        &[
+            ("meters listening", "listen"),
+            ("dashboard listening", "dashboard_listen"),
+            ("metrics listening", "metrics_listen"),
+        ],
+    );
     Server {
         child,
-        mqtt: mqtt.unwrap(),
-        http: http.unwrap(),
-        metrics: metrics.unwrap(),
+        mqtt: ports[0],
+        http: ports[1],
+        metrics: ports[2],
     }
 }
 
 fn add_viewer(data: &Path) {
-    let mut add = wattson(data)
-        .args([
-            "user",
-            "add",
-            "vera",
-            "--role",
-            "viewer",
-            "--password-stdin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    add.stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{VIEWER_PASSWORD}\n").as_bytes())
-        .unwrap();
-    assert!(add.wait().unwrap().success());
+    crate::serve::add_user(data, "vera", "viewer", VIEWER_PASSWORD);
 }
 
 #[derive(Debug)]

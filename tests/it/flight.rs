@@ -7,58 +7,30 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use crate::python::python;
-use crate::serve::{setup, stop, wattson};
+use crate::serve::{setup, spawn_listening, stop, wattson};
 
 const ADMIN_PASSWORD: &str = "a long admin password";
 
 /// Starts the server with Flight on a free port; returns it and the port.
 fn start(data: &Path, extra: &[&str]) -> (Child, u16) {
-    let mut child = wattson(data)
-        .args([
-            "serve",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--subscribers-listen",
-            "127.0.0.1:0",
-            "--flight-listen",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if line.contains("flight listening")
-            && let Some(addr) = line.split(" listen=").nth(1)
-        {
-            let addr = addr.split_whitespace().next().unwrap();
-            break addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, port)
+    let mut cmd = wattson(data);
+    cmd.args([
+        "serve",
+        "--mqtt-listen",
+        "127.0.0.1:0",
+        "--subscribers-listen",
+        "127.0.0.1:0",
+        "--flight-listen",
+        "127.0.0.1:0",
+    ])
+    .args(extra);
+    let (child, ports) = spawn_listening(&mut cmd, &[("flight listening", "listen")]);
+    (child, ports[0])
 }
 
 /// Adds a person with `role` and password `name`-password-123.
 fn add_user(data: &Path, name: &str, role: &str) {
-    let mut add = wattson(data)
-        .args(["user", "add", name, "--role", role, "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    add.stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{name}-password-123\n").as_bytes())
-        .unwrap();
-    assert!(add.wait().unwrap().success());
+    crate::serve::add_user(data, name, role, &format!("{name}-password-123"));
 }
 
 /// Runs a Python script with `PORT` and the admin's credentials in the

@@ -30,17 +30,10 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-/// An admin and device `m1`; returns m1's secret.
-pub(crate) fn setup(data: &Path) -> String {
+/// Adds a person with `role` through `wattson user add --password-stdin`.
+pub(crate) fn add_user(data: &Path, name: &str, role: &str, password: &str) {
     let mut add = wattson(data)
-        .args([
-            "user",
-            "add",
-            "admin",
-            "--role",
-            "admin",
-            "--password-stdin",
-        ])
+        .args(["user", "add", name, "--role", role, "--password-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -48,9 +41,14 @@ pub(crate) fn setup(data: &Path) -> String {
     add.stdin
         .take()
         .unwrap()
-        .write_all(b"a long admin password\n")
+        .write_all(format!("{password}\n").as_bytes())
         .unwrap();
     assert!(add.wait().unwrap().success());
+}
+
+/// An admin and device `m1`; returns m1's secret.
+pub(crate) fn setup(data: &Path) -> String {
+    add_user(data, "admin", "admin", "a long admin password");
     let out = wattson(data)
         .args(["device", "add", "m1"])
         .output()
@@ -101,43 +99,53 @@ pub(crate) fn start_with(data: &Path, extra: &[&str], field: &str) -> (Child, u1
 fn start_full(data: &Path, port: u16, extra: &[&str], field: &str) -> (Child, u16) {
     let subscribers = format!("127.0.0.1:{}", free_port());
     let meters = format!("127.0.0.1:{port}");
-    let mut child = wattson(data)
-        .args([
-            "serve",
-            "--mqtt-listen",
-            &meters,
-            "--subscribers-listen",
-            &subscribers,
-            "--flight-listen",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
+    let mut cmd = wattson(data);
+    cmd.args([
+        "serve",
+        "--mqtt-listen",
+        &meters,
+        "--subscribers-listen",
+        &subscribers,
+        "--flight-listen",
+        "127.0.0.1:0",
+    ])
+    .args(extra);
+    let (child, ports) = spawn_listening(&mut cmd, &[("meters listening", field)]);
+    (child, ports[0])
+}
+
+/// The port in the log field ` {field}=HOST:PORT` of `line`.
+pub(crate) fn port_after(line: &str, field: &str) -> Option<u16> {
+    let rest = line.split(&format!(" {field}=")).nth(1)?;
+    let addr = rest.split_whitespace().next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+/// Spawns `cmd` (a `wattson serve`) and reads its log until each wanted
+/// (message, field) pair has named a port; returns the ports in that order.
+/// The log keeps draining afterwards so the server never blocks on a full
+/// pipe.
+pub(crate) fn spawn_listening(cmd: &mut Command, wanted: &[(&str, &str)]) -> (Child, Vec<u16>) {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let marker = format!(" {field}=");
-    let port = loop {
+    let mut ports: Vec<Option<u16>> = vec![None; wanted.len()];
+    while ports.iter().any(Option::is_none) {
         let line = lines
             .next()
             .expect("serve exited before listening")
             .unwrap();
-        if line.contains("meters listening")
-            && let Some(addr) = line.split(&marker).nth(1)
-        {
-            break addr
-                .trim()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse::<u16>()
-                .unwrap();
+        for ((message, field), port) in wanted.iter().zip(&mut ports) {
+            if port.is_none() && line.contains(message) {
+                *port = port_after(&line, field);
+            }
         }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
+    }
     std::thread::spawn(move || for _ in lines {});
-    (child, port)
+    (child, ports.into_iter().flatten().collect())
 }
 
 /// SIGTERM, then expects exit 0.
