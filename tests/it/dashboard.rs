@@ -512,8 +512,9 @@ fn playwright() -> Option<PathBuf> {
     let installed = std::fs::read_to_string(module.join("package.json"))
         .is_ok_and(|p| p.contains(&format!("\"version\": \"{VERSION}\"")));
     if !installed {
+        let npm = crate::debian::npm()?;
         std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new("npm")
+        let out = Command::new(npm)
             .args(["install", "--no-audit", "--no-fund", "--prefix"])
             .arg(&dir)
             .arg(format!("playwright-core@{VERSION}"))

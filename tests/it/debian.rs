@@ -11,37 +11,39 @@ use std::sync::OnceLock;
 /// sudo, or no package source reachable.
 pub(crate) fn mosquitto_pub() -> Option<&'static Path> {
     static TOOL: OnceLock<Option<PathBuf>> = OnceLock::new();
-    TOOL.get_or_init(|| {
-        if let Some(p) = find("mosquitto_pub") {
-            return Some(p);
-        }
-        let log = install("mosquitto-clients");
-        let found = find("mosquitto_pub");
-        if found.is_none() {
-            eprintln!(
-                "\n********\nSKIPPED: mosquitto_pub is not installed and `apt-get install mosquitto-clients` failed; \
-                 install Debian's mosquitto-clients to run this test.\n{log}\n********\n"
-            );
-        }
-        found
-    })
-    .as_deref()
+    found_or_installed(&TOOL, "mosquitto_pub", "mosquitto-clients")
 }
 
 /// Debian's `chromium` for the dashboard's browser test, installed like
-/// [`mosquitto_pub`]; `None` (after a loud message) when impossible.
+/// [`mosquitto_pub`].
 pub(crate) fn chromium() -> Option<&'static Path> {
     static TOOL: OnceLock<Option<PathBuf>> = OnceLock::new();
-    TOOL.get_or_init(|| {
-        if let Some(p) = find("chromium") {
+    found_or_installed(&TOOL, "chromium", "chromium")
+}
+
+/// `npm` (with node) for installing the browser test's driver from the npm
+/// registry, installed like [`mosquitto_pub`] from Debian's npm package.
+pub(crate) fn npm() -> Option<&'static Path> {
+    static TOOL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    found_or_installed(&TOOL, "npm", "npm")
+}
+
+/// `binary` on the PATH, installing `package` once when it is missing.
+fn found_or_installed(
+    cell: &'static OnceLock<Option<PathBuf>>,
+    binary: &str,
+    package: &str,
+) -> Option<&'static Path> {
+    cell.get_or_init(|| {
+        if let Some(p) = find(binary) {
             return Some(p);
         }
-        let log = install("chromium");
-        let found = find("chromium");
+        let log = install(package);
+        let found = find(binary);
         if found.is_none() {
             eprintln!(
-                "\n********\nSKIPPED: chromium is not installed and `apt-get install chromium` failed; \
-                 install Debian's chromium to run the browser test.\n{log}\n********\n"
+                "\n********\nSKIPPED: {binary} is not installed and `apt-get install {package}` failed; \
+                 install Debian's {package} to run this test.\n{log}\n********\n"
             );
         }
         found
