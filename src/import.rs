@@ -337,7 +337,7 @@ fn parse_cell(
 
 /// Gathers readings into chunks for the sink and applies the bad-row policy.
 struct Collector<'s> {
-    table: String,
+    table: Arc<str>,
     on_error: OnError,
     chunk_rows: usize,
     chunk: Vec<Reading>,
@@ -348,7 +348,7 @@ struct Collector<'s> {
 impl<'s> Collector<'s> {
     fn new(opts: &ImportOptions<'_>, sink: &'s mut dyn FnMut(Vec<Reading>) -> Result<()>) -> Self {
         Collector {
-            table: opts.table.to_owned(),
+            table: Arc::from(opts.table),
             on_error: opts.on_error,
             chunk_rows: opts.chunk_rows,
             chunk: Vec::with_capacity(opts.chunk_rows.min(DEFAULT_CHUNK_ROWS)),
@@ -370,7 +370,7 @@ impl<'s> Collector<'s> {
         }
         self.chunk.push(Reading {
             table: self.table.clone(),
-            device,
+            device: device.into(),
             time,
             values,
         });

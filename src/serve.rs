@@ -31,6 +31,9 @@ buffer_mib = 256
 group_commit_ms = 2
 # Seal buffered readings at least this often (seconds), so restarts replay little.
 seal_interval_s = 600
+# Memory for decoded column blocks kept for repeated reads (MiB); 0 turns it off.
+# Unset: an eighth of the machine's memory, at most 1024.
+# block_cache_mib = 1024
 
 [mqtt]
 # Where meters connect (MQTT 3.1.1). Only device accounts may log in here.
@@ -145,6 +148,7 @@ pub struct StorageSection {
     pub buffer_mib: usize,
     pub group_commit_ms: u64,
     pub seal_interval_s: u64,
+    pub block_cache_mib: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -217,6 +221,7 @@ impl Default for Config {
                 buffer_mib: 256,
                 group_commit_ms: 2,
                 seal_interval_s: 600,
+                block_cache_mib: None,
             },
             mqtt: MqttSection {
                 listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
@@ -409,6 +414,12 @@ pub fn run_with(
                 buffer_bytes: config.storage.buffer_mib << 20,
                 group_commit_window: Duration::from_millis(config.storage.group_commit_ms),
                 seal_interval: Duration::from_secs(config.storage.seal_interval_s),
+                block_cache_bytes: config
+                    .storage
+                    .block_cache_mib
+                    .map_or_else(wattson_storage::default_block_cache_bytes, |m| {
+                        m.saturating_mul(1 << 20)
+                    }),
                 ..StoreOptions::default()
             },
         )

@@ -411,7 +411,7 @@ impl Appliance {
 /// One simulated meter with the seed's channels.
 #[derive(Debug, Clone)]
 pub struct MeterSim {
-    device: String,
+    device: Arc<str>,
     rng: SmallRng,
     /// The channel names, built once and cloned into each reading.
     names: [Arc<str>; 17],
@@ -434,7 +434,7 @@ impl MeterSim {
         });
         let appliances = PROFILES.map(|p| Appliance::new(p, &mut rng));
         MeterSim {
-            device: device.to_owned(),
+            device: Arc::from(device),
             rng,
             names: SEED_CHANNELS.map(Arc::from),
             phases,
@@ -453,7 +453,7 @@ impl MeterSim {
     /// since the previous call (not at all for a repeated or earlier time).
     pub fn reading(&mut self, table: &str, time_ns: i64) -> Reading {
         Reading {
-            table: table.to_owned(),
+            table: Arc::from(table),
             device: self.device.clone(),
             time: time_ns,
             values: self.values(time_ns),
@@ -523,7 +523,7 @@ pub fn fleet(
         .map(|i| MeterSim::new(&device_id(i), seed))
         .collect();
     Fleet {
-        table: table.to_owned(),
+        table: Arc::from(table),
         sims,
         start_ns,
         seconds,
@@ -539,7 +539,7 @@ pub fn device_id(i: usize) -> String {
 
 #[derive(Debug)]
 struct Fleet {
-    table: String,
+    table: Arc<str>,
     sims: Vec<MeterSim>,
     start_ns: i64,
     seconds: u64,

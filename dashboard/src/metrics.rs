@@ -159,6 +159,28 @@ fn text(app: &AppState) -> Response {
         &wal.fsync_latency,
         wal.fsync_sum_us as f64 / 1e6,
     );
+    let cache = app.store.block_cache_stats();
+    scalar(
+        &mut out,
+        "wattson_block_cache_hits_total",
+        "counter",
+        "Column chunks read from the decoded-block cache",
+        cache.hits,
+    );
+    scalar(
+        &mut out,
+        "wattson_block_cache_misses_total",
+        "counter",
+        "Column chunks decoded from disk",
+        cache.misses,
+    );
+    scalar(
+        &mut out,
+        "wattson_block_cache_bytes",
+        "gauge",
+        "Memory held by the decoded-block cache",
+        cache.bytes,
+    );
     let parts = app.store.partitions();
     let bytes: u64 = parts.iter().map(|p| p.bytes_on_disk).sum();
     scalar(

@@ -127,6 +127,9 @@ fn to_readings(table: &str, batch: &RecordBatch) -> Result<Vec<Reading>> {
         };
         channels.push((Arc::<str>::from(name.as_str()), k, array));
     }
+    let table: Arc<str> = Arc::from(table);
+    // Rows of one device usually come together: they share its name.
+    let mut device: Option<Arc<str>> = None;
     let mut out = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         if times.is_null(row) || devices.is_null(row) {
@@ -147,9 +150,14 @@ fn to_readings(table: &str, batch: &RecordBatch) -> Result<Vec<Reading>> {
             };
             values.push((name.clone(), v));
         }
+        let name = devices.value(row);
+        let device = match &device {
+            Some(d) if **d == *name => d.clone(),
+            _ => device.insert(Arc::from(name)).clone(),
+        };
         out.push(Reading {
-            table: table.to_owned(),
-            device: devices.value(row).to_owned(),
+            table: table.clone(),
+            device,
             time: times.value(row),
             values,
         });

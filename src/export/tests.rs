@@ -185,10 +185,7 @@ fn batch_of(readings: &[Reading], channels: &[(&str, ChannelType)]) -> RecordBat
                 .with_timezone("UTC"),
         ),
         Arc::new(StringArray::from(
-            readings
-                .iter()
-                .map(|r| r.device.as_str())
-                .collect::<Vec<_>>(),
+            readings.iter().map(|r| &*r.device).collect::<Vec<_>>(),
         )),
     ];
     for (name, ty) in channels {

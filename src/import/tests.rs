@@ -101,8 +101,8 @@ fn seed_file_imports_with_device() {
     let times: Vec<i64> = readings.iter().map(|r| r.time).collect();
     assert_eq!(times, [T0, T0 + 2 * S, T0 + 3 * S]);
     let first = &readings[0];
-    assert_eq!(first.table, "power_consumption");
-    assert_eq!(first.device, "viconsl");
+    assert_eq!(&*first.table, "power_consumption");
+    assert_eq!(&*first.device, "viconsl");
     assert_eq!(first.values.len(), 17);
     assert_eq!(first.values[0], f("pa_v", 0.0));
     assert_eq!(first.values[1], f("pb_v", 214.9));
@@ -148,7 +148,7 @@ time,device,pa_v,energy_wh,relay,status
             ],
         }
     );
-    assert_eq!(rs[1].device, "m2");
+    assert_eq!(&*rs[1].device, "m2");
     assert_eq!(rs[1].time, T0 + S + S / 2);
     assert_eq!(
         rs[1].values,
@@ -476,7 +476,7 @@ fn parquet_with_device_column() {
             ],
         }
     );
-    assert_eq!(rs[1].device, "m2");
+    assert_eq!(&*rs[1].device, "m2");
     assert_eq!(rs[1].time, T0 + 3 * S / 2);
     assert_eq!(
         rs[1].values,
@@ -538,7 +538,7 @@ fn parquet_seed_shape_with_dt_strings_and_epoch_ms() {
     assert_eq!(r.chunks.len(), 2);
     let rs = r.readings();
     assert_eq!(rs[0].time, T0);
-    assert_eq!(rs[0].device, "viconsl");
+    assert_eq!(&*rs[0].device, "viconsl");
     assert_eq!(rs[1].values, vec![f("pb_v", 0.0)]);
     let r = run(&path, None, OnError::Reject, 1);
     assert!(r.error().contains("--device is required"), "{}", r.error());

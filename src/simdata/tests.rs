@@ -20,8 +20,8 @@ fn is_rounded(x: f64, scale: f64) -> bool {
 fn readings_have_the_seed_shape() {
     let mut sim = MeterSim::new("viconsl", 7);
     let r = sim.reading(SEED_TABLE, START);
-    assert_eq!(r.table, "power_consumption");
-    assert_eq!(r.device, "viconsl");
+    assert_eq!(&*r.table, "power_consumption");
+    assert_eq!(&*r.device, "viconsl");
     assert_eq!(r.time, START);
     let names: Vec<&str> = r.values.iter().map(|(n, _)| &**n).collect();
     assert_eq!(names, SEED_CHANNELS);
@@ -127,10 +127,10 @@ fn fleet_is_in_time_order_with_all_devices_per_second() {
     );
     for (i, r) in readings.iter().enumerate() {
         assert_eq!(r.time, START + (i / 3) as i64 * NS_PER_S);
-        assert_eq!(r.device, device_id(i % 3 + 1));
+        assert_eq!(&*r.device, device_id(i % 3 + 1));
         assert_eq!(r.values.len(), 17);
     }
-    assert_eq!(readings[0].device, "meter-0001");
+    assert_eq!(&*readings[0].device, "meter-0001");
     // A fleet meter behaves like the same meter simulated alone.
     let mut alone = MeterSim::new("meter-0002", 9);
     for s in 0..4 {

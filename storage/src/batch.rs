@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::model::{ChannelType, Reading, Value};
+use crate::model::{ChannelType, Reading, Value, same_name};
 use crate::varint::{Reader, put_bytes, put_i64, put_u64};
 
 const VERSION: u8 = 1;
@@ -28,22 +28,23 @@ pub(crate) fn encode(readings: &[Reading]) -> Vec<u8> {
     let mut last: Vec<(*const str, u64)> = Vec::new();
     let mut body = Vec::with_capacity(readings.len() * 64);
     put_u64(&mut body, readings.len() as u64);
-    // Consecutive readings mostly share table and device: compare with the
-    // previous reading's before hashing.
-    let mut last_keys: [(&str, u64); 2] = [("", u64::MAX); 2];
+    // Consecutive readings mostly share table and device (usually the same
+    // `Arc`): compare with the previous reading's before hashing.
+    let mut last_keys: [Option<(&Arc<str>, u64)>; 2] = [None, None];
     for r in readings {
-        for (slot, s) in last_keys
-            .iter_mut()
-            .zip([r.table.as_str(), r.device.as_str()])
-        {
-            if slot.1 == u64::MAX || slot.0 != s {
-                let id = *index.entry(s).or_insert_with(|| {
-                    names.push(s);
-                    names.len() as u64 - 1
-                });
-                *slot = (s, id);
-            }
-            put_u64(&mut body, slot.1);
+        for (slot, s) in last_keys.iter_mut().zip([&r.table, &r.device]) {
+            let id = match slot {
+                Some((prev, id)) if same_name(prev, s) => *id,
+                _ => {
+                    let id = *index.entry(&**s).or_insert_with(|| {
+                        names.push(&**s);
+                        names.len() as u64 - 1
+                    });
+                    *slot = Some((s, id));
+                    id
+                }
+            };
+            put_u64(&mut body, id);
         }
         put_i64(&mut body, r.time);
         put_u64(&mut body, r.values.len() as u64);
@@ -92,21 +93,22 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<Reading>> {
     }
     // Each name takes at least one byte, so the count is bounded by the input.
     let n_names = r.len()?;
-    let mut names = Vec::with_capacity(n_names);
+    let mut names: Vec<Arc<str>> = Vec::with_capacity(n_names);
     for _ in 0..n_names {
-        names.push(r.str()?);
+        names.push(r.str()?.into());
     }
-    let name = |id: u64| names.get(usize::try_from(id).ok()?).copied();
+    // Readings share their names, as they did when they were appended.
+    let name = |id: u64| names.get(usize::try_from(id).ok()?).cloned();
     let n_readings = r.len()?;
     let mut out = Vec::with_capacity(n_readings);
     for _ in 0..n_readings {
-        let table = name(r.u64()?)?.to_owned();
-        let device = name(r.u64()?)?.to_owned();
+        let table = name(r.u64()?)?;
+        let device = name(r.u64()?)?;
         let time = r.i64()?;
         let n_values = r.len()?;
         let mut values = Vec::with_capacity(n_values);
         for _ in 0..n_values {
-            let channel: std::sync::Arc<str> = name(r.u64()?)?.into();
+            let channel = name(r.u64()?)?;
             let value = match ChannelType::from_tag(r.u8()?)? {
                 ChannelType::F64 => Value::F64(r.f64()?),
                 ChannelType::I64 => Value::I64(r.i64()?),
@@ -151,8 +153,8 @@ mod tests {
             proptest::collection::vec(("[a-d]{1,3}", value()), 0..5),
         )
             .prop_map(|(table, device, time, values)| Reading {
-                table,
-                device,
+                table: table.into(),
+                device: device.into(),
                 time,
                 values: values.into_iter().map(|(n, v)| (n.into(), v)).collect(),
             })

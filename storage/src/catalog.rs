@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::io::Vfs;
-use crate::memtable::PreparedRow;
+use crate::memtable::{Prepared, PreparedRow, ROW_BYTES, value_bytes};
 use crate::model::{
-    ChannelType, MAX_CHANNELS, MAX_STRING_BYTES, Reading, Value, validate_channel_name,
+    ChannelType, MAX_CHANNELS, MAX_STRING_BYTES, Reading, Value, same_name, validate_channel_name,
     validate_device_name, validate_table_name, validate_time,
 };
 use crate::varint::{Reader, put_bytes, put_u64};
@@ -92,13 +92,14 @@ impl Catalog {
     /// Checks a batch against the schema, extends the schema with its new
     /// channels, and resolves every channel to its index. All or nothing: on
     /// error the catalog is unchanged. Also returns whether the schema grew.
-    pub(crate) fn admit(&mut self, readings: Vec<Reading>) -> Result<(Vec<PreparedRow>, bool)> {
+    pub(crate) fn admit(&mut self, readings: Vec<Reading>) -> Result<(Prepared, bool)> {
         // Channels this batch adds, in order of first appearance, so two
         // readings of one batch that disagree about a new channel's type are
         // caught too.
         let mut new_channels: Vec<(String, String, ChannelType)> = Vec::new();
         let mut new_tables: Vec<&str> = Vec::new();
         let mut indices = Vec::with_capacity(readings.iter().map(|r| r.values.len()).sum());
+        let mut bytes = ROW_BYTES * readings.len();
         // The last reading that used each channel index: finds a channel
         // named twice in one reading without comparing names pairwise.
         let mut seen: Vec<usize> = Vec::new();
@@ -106,22 +107,34 @@ impl Catalog {
         // readings of one producer share their name `Arc`s, so a pointer
         // match skips the lookup (see `batch::encode`).
         let mut last: Vec<(*const str, usize, ChannelType)> = Vec::new();
-        let mut last_table: &str = "";
+        // The previous reading's table (with its definition) and device:
+        // a message's readings share them, so they are looked up and checked
+        // once per run, comparing pointers before bytes.
+        let mut last_table: Option<(&Arc<str>, Option<&TableDef>)> = None;
+        let mut last_device: Option<&Arc<str>> = None;
         for (ri, r) in readings.iter().enumerate() {
-            if r.table != last_table {
-                last.clear();
-                last_table = &r.table;
+            let def = match last_table {
+                Some((t, def)) if same_name(t, &r.table) => def,
+                _ => {
+                    last.clear();
+                    let def = self.tables.get(&*r.table);
+                    if def.is_none() && !new_tables.contains(&&*r.table) {
+                        validate_table_name(&r.table)?;
+                        new_tables.push(&r.table);
+                    }
+                    last_table = Some((&r.table, def));
+                    def
+                }
+            };
+            if !last_device.is_some_and(|d| same_name(d, &r.device)) {
+                validate_device_name(&r.device)?;
+                last_device = Some(&r.device);
             }
-            let def = self.tables.get(r.table.as_str());
-            if def.is_none() && !new_tables.contains(&r.table.as_str()) {
-                validate_table_name(&r.table)?;
-                new_tables.push(&r.table);
-            }
-            validate_device_name(&r.device)?;
             validate_time(&r.table, r.time)?;
             let known = def.map_or(0, |d| d.channels.len());
             for (vi, (name, value)) in r.values.iter().enumerate() {
                 let got = value.channel_type();
+                bytes += value_bytes(value);
                 if let Value::Str(s) = value
                     && s.len() > MAX_STRING_BYTES
                 {
@@ -144,7 +157,7 @@ impl Catalog {
                     None => {
                         let pending = new_channels
                             .iter()
-                            .filter(|c| c.0 == r.table)
+                            .filter(|c| *c.0 == *r.table)
                             .enumerate()
                             .find(|(_, c)| *c.1 == **name)
                             .map(|(k, c)| (known + k, c.2));
@@ -152,14 +165,14 @@ impl Catalog {
                             Some(found) => found,
                             None => {
                                 validate_channel_name(name)?;
-                                let k = new_channels.iter().filter(|c| c.0 == r.table).count();
+                                let k = new_channels.iter().filter(|c| *c.0 == *r.table).count();
                                 if known + k >= MAX_CHANNELS {
                                     return Err(Error::InvalidInput(format!(
                                         "table `{}` would have more than {MAX_CHANNELS} channels; `{name}` was rejected",
                                         r.table
                                     )));
                                 }
-                                new_channels.push((r.table.clone(), name.to_string(), got));
+                                new_channels.push((r.table.to_string(), name.to_string(), got));
                                 (known + k, got)
                             }
                         }
@@ -167,7 +180,7 @@ impl Catalog {
                 };
                 if ty != got {
                     return Err(Error::TypeConflict {
-                        table: r.table.clone(),
+                        table: r.table.to_string(),
                         channel: name.to_string(),
                         existing: ty,
                         got,
@@ -212,7 +225,7 @@ impl Catalog {
                     .collect(),
             })
             .collect();
-        Ok((rows, changed))
+        Ok((Prepared { rows, bytes }, changed))
     }
 
     fn encode(&self) -> Vec<u8> {

@@ -16,7 +16,7 @@ use arrow_schema::DataType;
 use rustc_hash::FxHashMap;
 
 use crate::memtable::PreparedRow;
-use crate::model::Value;
+use crate::model::{Value, same_name};
 
 /// One device's newest row.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,19 +56,31 @@ impl LatestCache {
     /// batch of many readings of one device copies the values of one row,
     /// not of every row, on the apply path that every scan waits behind.
     pub(crate) fn observe_batch(&mut self, seq: u64, rows: &[PreparedRow]) {
-        for row in rows.iter().rev() {
-            self.observe(seq, row);
+        // Within a run of one device's rows only the newest can win: one
+        // lookup per run (a later row wins a tie, as in scans).
+        let mut rows = rows.iter().rev().peekable();
+        while let Some(first) = rows.next() {
+            let mut newest = first;
+            while let Some(row) = rows.next_if(|r| {
+                same_name(&r.table, &first.table) && same_name(&r.device, &first.device)
+            }) {
+                if row.time > newest.time {
+                    newest = row;
+                }
+            }
+            self.observe(seq, newest);
         }
     }
 
     fn observe(&mut self, seq: u64, row: &PreparedRow) {
-        if !self.tables.contains_key(&row.table) {
-            self.tables.insert(row.table.clone(), FxHashMap::default());
+        if !self.tables.contains_key(&*row.table) {
+            self.tables
+                .insert(row.table.to_string(), FxHashMap::default());
         }
-        let Some(devices) = self.tables.get_mut(&row.table) else {
+        let Some(devices) = self.tables.get_mut(&*row.table) else {
             return;
         };
-        match devices.get_mut(&row.device) {
+        match devices.get_mut(&*row.device) {
             // Equal (time, seq): a row earlier in the same batch, which the
             // later one (seen first) replaces.
             Some(l) if (row.time, seq) <= (l.time, l.seq) => {}
@@ -79,7 +91,7 @@ impl LatestCache {
             }
             None => {
                 devices.insert(
-                    row.device.clone(),
+                    row.device.to_string(),
                     Latest {
                         time: row.time,
                         seq,

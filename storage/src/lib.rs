@@ -39,4 +39,5 @@ pub use error::{Error, Result};
 pub use latest::LatestReading;
 pub use model::{ChannelType, Month, Reading, Value};
 pub use scan::{Scan, ScanMetrics, ScanRequest, table_schema};
+pub use segment::{BlockCacheStats, default_block_cache_bytes};
 pub use store::{AppendReceipt, PartitionInfo, RecoveryEvent, Store, StoreOptions};

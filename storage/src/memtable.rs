@@ -15,30 +15,35 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, BooleanArray};
 use rustc_hash::FxHashMap;
 
-use crate::model::{ChannelType, Month, Value};
+use crate::model::{ChannelType, Month, Value, same_name};
 
 /// A reading resolved against the catalog: channel names replaced by their
 /// index in the table's channel list.
 #[derive(Debug)]
 pub(crate) struct PreparedRow {
-    pub(crate) table: String,
-    pub(crate) device: String,
+    pub(crate) table: Arc<str>,
+    pub(crate) device: Arc<str>,
     pub(crate) time: i64,
     pub(crate) values: Vec<(usize, Value)>,
 }
 
-impl PreparedRow {
-    /// What the row costs in the buffer, for its memory bound.
-    pub(crate) fn bytes(&self) -> usize {
-        16 + self
-            .values
-            .iter()
-            .map(|(_, v)| match v {
-                Value::Str(s) => 9 + s.len(),
-                _ => 9,
-            })
-            .sum::<usize>()
+/// What a row costs in the buffer besides its values, for its memory bound.
+pub(crate) const ROW_BYTES: usize = 16;
+
+/// What a value costs in the buffer.
+pub(crate) fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Str(s) => 9 + s.len(),
+        _ => 9,
     }
+}
+
+/// The rows of one admitted batch and what they cost in the buffer, counted
+/// once at admission rather than again by every thread that moves them.
+#[derive(Debug, Default)]
+pub(crate) struct Prepared {
+    pub(crate) rows: Vec<PreparedRow>,
+    pub(crate) bytes: usize,
 }
 
 #[derive(Debug)]
@@ -248,29 +253,31 @@ impl Memtable {
     /// Inserts the rows of one committed batch. Consecutive rows of one
     /// (table, device, month), the usual shape of a meter's batch, share one
     /// partition lookup: this runs on the apply path every scan waits behind.
-    pub(crate) fn insert_batch(&mut self, seq: u64, rows: Vec<PreparedRow>) {
-        let mut rows = rows.into_iter().peekable();
+    pub(crate) fn insert_batch(&mut self, seq: u64, batch: Prepared) {
+        self.bytes += batch.bytes;
+        let mut rows = batch.rows.into_iter().peekable();
         while let Some(first) = rows.next() {
             let month = Month::of(first.time);
             let (start, end) = (month.start_ns(), month.end_ns());
-            let devices = match self.parts.get_mut(first.table.as_str()) {
+            let devices = match self.parts.get_mut(&*first.table) {
                 Some(d) => d,
-                None => self.parts.entry(first.table.clone()).or_default(),
+                None => self.parts.entry(first.table.to_string()).or_default(),
             };
-            let months = match devices.get_mut(first.device.as_str()) {
+            let months = match devices.get_mut(&*first.device) {
                 Some(m) => m,
-                None => devices.entry(first.device.clone()).or_default(),
+                None => devices.entry(first.device.to_string()).or_default(),
             };
             let part = months.entry(month).or_default();
             let (table, device) = (first.table.clone(), first.device.clone());
             let mut next = Some(first);
             while let Some(row) = next {
-                self.bytes += row.bytes();
                 let padded = part.push(row.time, seq, row.values);
                 self.bytes += 9 * padded;
                 self.rows += 1;
                 next = rows.next_if(|r| {
-                    r.table == table && r.device == device && (start..end).contains(&r.time)
+                    same_name(&r.table, &table)
+                        && same_name(&r.device, &device)
+                        && (start..end).contains(&r.time)
                 });
             }
         }

@@ -100,14 +100,23 @@ impl Value {
 /// the earlier values (last write wins).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
-    pub table: String,
-    pub device: String,
+    /// Shared like the channel names: the readings of one message or one
+    /// producer point at one string, so a batch neither allocates per
+    /// reading nor compares names byte by byte where the pointer matches.
+    pub table: Arc<str>,
+    pub device: Arc<str>,
     /// Nanoseconds since the Unix epoch, UTC.
     pub time: i64,
     /// Channel name and value pairs. A channel may appear at most once.
     /// Names are shared (`Arc<str>`): a producer builds them once and every
     /// reading clones a pointer, not a string.
     pub values: Vec<(Arc<str>, Value)>,
+}
+
+/// Whether two shared names are equal, by pointer before bytes: readings of
+/// one producer share their `Arc`s, so the byte comparison is the rare case.
+pub(crate) fn same_name(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
 }
 
 /// A calendar month in UTC, the unit of partitioning and retention.

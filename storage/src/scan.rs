@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::memtable::MemRows;
 use crate::merge::{dedup_order, take, take_values};
 use crate::model::{ChannelType, DEVICE_COLUMN, Month, TIME_COLUMN};
-use crate::segment::SegmentReader;
+use crate::segment::{BlockCache, SegmentReader};
 use crate::store::State;
 
 /// Largest batch a scan yields.
@@ -171,6 +171,7 @@ pub struct Scan {
     pending: VecDeque<RecordBatch>,
     metrics: ScanMetrics,
     damaged: Vec<Error>,
+    cache: Arc<BlockCache>,
 }
 
 pub(crate) fn snapshot(
@@ -178,6 +179,7 @@ pub(crate) fn snapshot(
     req: &ScanRequest,
     state: &State,
     cutoff: Option<i64>,
+    cache: Arc<BlockCache>,
 ) -> Result<Scan> {
     let start = req.start.unwrap_or(i64::MIN);
     let end = req.end.unwrap_or(i64::MAX);
@@ -288,6 +290,7 @@ pub(crate) fn snapshot(
         current: None,
         pending: VecDeque::new(),
         damaged: Vec::new(),
+        cache,
     })
 }
 
@@ -445,7 +448,10 @@ impl Scan {
                     let mut cols = Vec::with_capacity(self.channels.len());
                     for (name, _) in &self.channels {
                         let col = match seg.meta().columns.iter().position(|c| &c.0 == name) {
-                            Some(i) => Some(seg.read_column(block, i)?.slice(lo, hi - lo)),
+                            Some(i) => Some(
+                                seg.read_column_cached(&self.cache, block, i)?
+                                    .slice(lo, hi - lo),
+                            ),
                             None => None,
                         };
                         cols.push(col);

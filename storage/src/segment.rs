@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::io::Vfs;
 use crate::model::{ChannelType, Month};
 
+mod cache;
 mod encoding;
 mod footer;
 mod read;
@@ -41,6 +42,8 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use cache::BlockCache;
+pub use cache::{BlockCacheStats, default_block_cache_bytes};
 pub use read::SegmentReader;
 
 /// First bytes of every segment file, repeated at its very end.

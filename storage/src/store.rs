@@ -17,10 +17,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::io::{DirLock, RealFs, Vfs};
 use crate::latest::{self, LatestCache, LatestReading};
-use crate::memtable::{Memtable, PreparedRow};
-use crate::model::{Month, Reading};
+use crate::memtable::{Memtable, Prepared};
+use crate::model::{Month, Reading, same_name};
 use crate::scan::{self, Scan, ScanRequest};
-use crate::segment::{SegmentReader, WriteOptions};
+use crate::segment::{BlockCache, BlockCacheStats, SegmentReader, WriteOptions};
 use crate::wal::{self, Wal, WalOptions};
 
 mod maintenance;
@@ -55,6 +55,9 @@ pub struct StoreOptions {
     /// Rows per column block in segment files.
     pub block_rows: usize,
     pub zstd_level: i32,
+    /// Memory for decoded column chunks kept for later scans; 0 turns the
+    /// cache off.
+    pub block_cache_bytes: usize,
     /// A partition is compacted once it has this many segment files.
     pub compact_min_segments: usize,
     /// Upper bound of rows merged in one compaction (bounds its memory).
@@ -77,6 +80,7 @@ impl Default for StoreOptions {
             wal_segment_bytes: 64 << 20,
             block_rows: 65_536,
             zstd_level: 3,
+            block_cache_bytes: crate::segment::default_block_cache_bytes(),
             compact_min_segments: 4,
             compact_max_rows: 1 << 20,
             maintenance_interval: Duration::from_secs(10),
@@ -111,7 +115,7 @@ pub struct PartitionInfo {
 }
 
 /// The WAL carries each batch's prepared rows to the commit callback.
-pub(crate) type StoreWal = Wal<Vec<PreparedRow>>;
+pub(crate) type StoreWal = Wal<Prepared>;
 
 pub(crate) type PartKey = (String, String, Month);
 
@@ -148,7 +152,7 @@ impl State {
 /// first, so an acknowledged append is visible to every later scan.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
-    pub(crate) batches: Vec<(u64, Vec<PreparedRow>)>,
+    pub(crate) batches: Vec<(u64, Prepared)>,
     pub(crate) bytes: usize,
 }
 
@@ -182,6 +186,7 @@ pub(crate) struct Shared {
     pub(crate) compact_lock: Mutex<()>,
     /// The last background failure, for health reporting.
     pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) block_cache: Arc<BlockCache>,
 }
 
 impl Shared {
@@ -216,11 +221,8 @@ impl Shared {
         self.seal_signal.notify_all();
     }
 
-    fn on_commit(&self, committed: Vec<(u64, Vec<PreparedRow>)>) {
-        let bytes: usize = committed
-            .iter()
-            .flat_map(|(_, rows)| rows.iter().map(PreparedRow::bytes))
-            .sum();
+    fn on_commit(&self, committed: Vec<(u64, Prepared)>) {
+        let bytes: usize = committed.iter().map(|(_, batch)| batch.bytes).sum();
         let queued = {
             let mut pending = self.pending.lock();
             pending.batches.extend(committed);
@@ -243,9 +245,9 @@ impl Shared {
             pending.bytes = 0;
             std::mem::take(&mut pending.batches)
         };
-        for (seq, rows) in batches {
-            state.latest.observe_batch(seq, &rows);
-            state.active.insert_batch(seq, rows);
+        for (seq, batch) in batches {
+            state.latest.observe_batch(seq, &batch.rows);
+            state.active.insert_batch(seq, batch);
         }
         self.active_bytes
             .store(state.active.bytes(), Ordering::Release);
@@ -290,6 +292,7 @@ fn new_shared(dir: &Path, opts: &StoreOptions) -> Arc<Shared> {
         dir: dir.to_owned(),
         opts: opts.clone(),
         catalog: Mutex::new(Catalog::default()),
+        block_cache: Arc::new(BlockCache::new(opts.block_cache_bytes)),
         catalog_save: Mutex::new(()),
         catalog_version: Mutex::new((0, 0)),
         state: RwLock::new(State::default()),
@@ -329,7 +332,7 @@ impl Store {
         let recovered = recovery::load_segments(&shared, recovery::Mode::Write, &mut report)?;
         let on_commit = {
             let shared = shared.clone();
-            Box::new(move |committed: Vec<(u64, Vec<PreparedRow>)>| shared.on_commit(committed))
+            Box::new(move |committed: Vec<(u64, Prepared)>| shared.on_commit(committed))
         };
         let wal_opts = WalOptions {
             segment_bytes: opts.wal_segment_bytes,
@@ -560,12 +563,22 @@ impl Store {
 
     fn check_retention(&self, catalog: &Catalog, readings: &[Reading]) -> Result<()> {
         let now = self.shared.opts.clock.now_ns();
+        // One lookup per run of readings of one table.
+        let mut last: Option<(&Arc<str>, Option<i64>)> = None;
         for r in readings {
-            if let Some(cutoff) = catalog.table(&r.table).and_then(|d| d.cutoff_ns(now))
+            let cutoff = match last {
+                Some((t, cutoff)) if same_name(t, &r.table) => cutoff,
+                _ => {
+                    let cutoff = catalog.table(&r.table).and_then(|d| d.cutoff_ns(now));
+                    last = Some((&r.table, cutoff));
+                    cutoff
+                }
+            };
+            if let Some(cutoff) = cutoff
                 && Month::of(r.time).end_ns() <= cutoff
             {
                 return Err(Error::BeyondRetention {
-                    table: r.table.clone(),
+                    table: r.table.to_string(),
                     time_ns: r.time,
                     cutoff_ns: cutoff,
                 });
@@ -604,7 +617,18 @@ impl Store {
             .ok_or_else(|| Error::UnknownTable(req.table.clone()))?;
         let now = self.shared.opts.clock.now_ns();
         let state = self.shared.applied_state();
-        scan::snapshot(&def, req, &state, def.cutoff_ns(now))
+        scan::snapshot(
+            &def,
+            req,
+            &state,
+            def.cutoff_ns(now),
+            self.shared.block_cache.clone(),
+        )
+    }
+
+    /// What the cache of decoded column chunks holds, and its hit rate.
+    pub fn block_cache_stats(&self) -> BlockCacheStats {
+        self.shared.block_cache.stats()
     }
 
     /// The newest reading of every device of `table`, sorted by device:

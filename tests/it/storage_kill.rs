@@ -47,7 +47,7 @@ fn batch(round: u64, id: u64) -> Vec<Reading> {
     (0..DEVICES)
         .map(|d| Reading {
             table: "power".into(),
-            device: format!("m{d}"),
+            device: format!("m{d}").into(),
             time: t,
             values: vec![("p".into(), Value::F64(id as f64 / 10.0))],
         })

@@ -71,7 +71,7 @@ fn round_trips_through_ingest() {
     let got = decode(&buf[..n]);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].time, TS * 1_000_000);
-    assert_eq!(got[0].device, "viconsl");
+    assert_eq!(&*got[0].device, "viconsl");
     assert_eq!(
         values(&got[0]),
         [

@@ -185,6 +185,9 @@ pub(super) struct Batch<'m> {
     pub(super) now_ns: i64,
     pub(super) names: &'m mut NameCache,
     pub(super) readings: Vec<Reading>,
+    /// The device and the last table, shared by the message's readings.
+    device: Arc<str>,
+    table: Option<Arc<str>>,
     channels: Tracker,
     /// Channels in the previous reading: sizes the next one's vector.
     last_width: usize,
@@ -203,6 +206,8 @@ impl<'m> Batch<'m> {
             now_ns,
             names,
             readings: Vec::new(),
+            device: Arc::from(m.device.as_str()),
+            table: None,
             channels: Tracker::default(),
             last_width: 0,
         }
@@ -282,9 +287,17 @@ impl<'m> Batch<'m> {
             self.channels.check(values.len() + k, name, None)?;
         }
         self.last_width = values.len();
+        let table = match &self.table {
+            Some(t) if **t == *table => t.clone(),
+            _ => {
+                let t: Arc<str> = Arc::from(table);
+                self.table = Some(t.clone());
+                t
+            }
+        };
         self.readings.push(Reading {
-            table: table.to_owned(),
-            device: self.m.device.clone(),
+            table,
+            device: self.device.clone(),
             time,
             values,
         });

@@ -47,8 +47,8 @@ fn seed_row_as_json() {
     let r = decode(payload).unwrap();
     assert_eq!(r.len(), 1);
     let r = &r[0];
-    assert_eq!(r.table, "power_consumption");
-    assert_eq!(r.device, "viconsl");
+    assert_eq!(&*r.table, "power_consumption");
+    assert_eq!(&*r.device, "viconsl");
     assert_eq!(r.time, SEED_NS);
     let expect = [
         ("pa_v", 0.0),

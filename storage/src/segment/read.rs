@@ -35,6 +35,8 @@ struct Inner {
     blocks: Vec<BlockMeta>,
     /// Sum of block rows, kept so callers need not add them up.
     rows: u64,
+    /// This open's key in the block cache; unique in the process.
+    id: u64,
 }
 
 fn le_u16(b: &[u8], at: usize) -> u16 {
@@ -110,6 +112,7 @@ impl SegmentReader {
                 meta,
                 blocks,
                 rows,
+                id: super::cache::next_segment_id(),
             }),
         })
     }
@@ -216,6 +219,22 @@ impl SegmentReader {
         }
         let payload = self.payload(b, c)?;
         decode_column(&payload, ty, c, rows).map_err(corrupt_at(self.path(), c.offset))
+    }
+
+    /// [`read_column`](Self::read_column) through `cache`: a decoded chunk
+    /// is kept there and later reads of it skip the checksum and decoding.
+    pub(crate) fn read_column_cached(
+        &self,
+        cache: &super::BlockCache,
+        block: usize,
+        column: usize,
+    ) -> Result<ArrayRef> {
+        if let Some(array) = cache.get(self.inner.id, block, column) {
+            return Ok(array);
+        }
+        let array = self.read_column(block, column)?;
+        cache.insert(self.inner.id, block, column, &array);
+        Ok(array)
     }
 
     /// Checks every block and chunk checksum, decodes every chunk, and checks

@@ -294,7 +294,7 @@ pub(super) fn replay_record(
     let mut state = shared.state.write();
     for r in readings {
         let month = Month::of(r.time);
-        let key = (r.table.clone(), r.device.clone(), month);
+        let key = (r.table.to_string(), r.device.to_string(), month);
         if recovered.part_max_seq.get(&key).is_some_and(|m| *m >= seq) {
             continue;
         }
@@ -304,9 +304,9 @@ pub(super) fn replay_record(
             continue;
         }
         match catalog.admit(vec![r]) {
-            Ok((rows, _)) => {
-                state.latest.observe_batch(seq, &rows);
-                state.active.insert_batch(seq, rows);
+            Ok((batch, _)) => {
+                state.latest.observe_batch(seq, &batch.rows);
+                state.active.insert_batch(seq, batch);
             }
             Err(e) => report.push(RecoveryEvent::RecordSkipped {
                 seq,

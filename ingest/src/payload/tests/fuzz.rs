@@ -41,7 +41,7 @@ fn check(payload: &[u8]) {
                 assert!(!readings.is_empty() && readings.len() <= 50);
                 for r in readings {
                     assert!(!r.values.is_empty());
-                    assert_eq!(r.device, "viconsl");
+                    assert_eq!(&*r.device, "viconsl");
                 }
             }
             Err(e) => {

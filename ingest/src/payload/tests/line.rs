@@ -13,8 +13,8 @@ fn fields_of_every_type() {
     .unwrap();
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].time, SEED_NS);
-    assert_eq!(r[0].table, "power_consumption");
-    assert_eq!(r[0].device, "viconsl");
+    assert_eq!(&*r[0].table, "power_consumption");
+    assert_eq!(&*r[0].device, "viconsl");
     let v: Vec<_> = r[0].values.iter().map(|(n, v)| (&**n, v.clone())).collect();
     assert_eq!(
         v,
@@ -53,7 +53,7 @@ fn measurement_names_the_table_when_the_topic_does_not() {
         ..meters("x")
     };
     let r = d.decode(&m, b"energy wh=5i\nenergy wh=6i", NOW).unwrap();
-    assert_eq!(r[1].table, "energy");
+    assert_eq!(&*r[1].table, "energy");
     let e = d.decode(&m, b"energy wh=5i\npower w=1", NOW).unwrap_err();
     assert_eq!(
         e.to_string(),
