@@ -310,6 +310,19 @@ fn encode_column(array: &dyn Array, ty: ChannelType, zstd: &mut Compressor<'_>) 
     Ok((bytes, encoding, nulls as u32, stats))
 }
 
+/// `v`'s bits as an integer that orders like [`f64::total_cmp`] (the very
+/// transform it uses), so min and max are integer compares that the
+/// compiler vectorises: sealing computes them for every value.
+fn total_order_key(v: f64) -> i64 {
+    let bits = v.to_bits() as i64;
+    bits ^ (((bits >> 63) as u64) >> 1) as i64
+}
+
+/// The inverse of [`total_order_key`] (the transform is its own inverse).
+fn from_total_order_key(k: i64) -> f64 {
+    f64::from_bits((k ^ (((k >> 63) as u64) >> 1) as i64) as u64)
+}
+
 /// Statistics of a column slice, as documented on [`Stats`]. Shared by the
 /// writer and by `verify`, which recomputes them from decoded data.
 pub(super) fn stats_of(array: &dyn Array, ty: ChannelType) -> Result<Stats> {
@@ -319,17 +332,27 @@ pub(super) fn stats_of(array: &dyn Array, ty: ChannelType) -> Result<Stats> {
     Ok(match ty {
         ChannelType::F64 => {
             let a = downcast::<Float64Array>(array)?;
-            let mut bounds: Option<(f64, f64)> = None;
-            for v in a.iter().flatten().filter(|v| !v.is_nan()) {
-                bounds = Some(match bounds {
-                    None => (v, v),
-                    Some((lo, hi)) => (
-                        if v.total_cmp(&lo).is_lt() { v } else { lo },
-                        if v.total_cmp(&hi).is_gt() { v } else { hi },
-                    ),
-                });
+            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            let mut take = |v: f64| {
+                if !v.is_nan() {
+                    let k = total_order_key(v);
+                    lo = lo.min(k);
+                    hi = hi.max(k);
+                }
+            };
+            match a.nulls() {
+                None => a.values().iter().for_each(|&v| take(v)),
+                Some(valid) => a.values().iter().zip(valid.iter()).for_each(|(&v, ok)| {
+                    if ok {
+                        take(v)
+                    }
+                }),
             }
-            let (min, max) = bounds.unwrap_or((f64::NAN, f64::NAN));
+            let (min, max) = if lo > hi {
+                (f64::NAN, f64::NAN)
+            } else {
+                (from_total_order_key(lo), from_total_order_key(hi))
+            };
             Stats::F64 { min, max }
         }
         ChannelType::I64 => {

@@ -104,3 +104,57 @@ proptest! {
         assert_round_trip(&meta(&columns), &times, &arrays, &opts);
     }
 }
+
+/// The definition of a float column's bounds: `total_cmp` order over the
+/// non-null, non-NaN values; NaN bounds when there are none.
+fn reference_bounds(values: &[Option<f64>]) -> (u64, u64) {
+    let mut kept = values.iter().flatten().filter(|v| !v.is_nan());
+    let Some(&first) = kept.next() else {
+        return (f64::NAN.to_bits(), f64::NAN.to_bits());
+    };
+    let (lo, hi) = kept.fold((first, first), |(lo, hi), &v| {
+        (
+            if v.total_cmp(&lo).is_lt() { v } else { lo },
+            if v.total_cmp(&hi).is_gt() { v } else { hi },
+        )
+    });
+    (lo.to_bits(), hi.to_bits())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn float_bounds_follow_total_order(values in (0.0..1.0f64).prop_flat_map(|p| cells(p, 40, any_float()))) {
+        let array = Float64Array::from(values.clone());
+        let stats = crate::segment::write::stats_of(&array, ChannelType::F64).unwrap();
+        let got = match stats {
+            crate::segment::Stats::F64 { min, max } => (min.to_bits(), max.to_bits()),
+            crate::segment::Stats::AllNull => (f64::NAN.to_bits(), f64::NAN.to_bits()),
+            other => panic!("float column gave {other:?}"),
+        };
+        let want = reference_bounds(&values);
+        // NaN bounds mean "no bounds": any NaN bit pattern will do.
+        if f64::from_bits(want.0).is_nan() {
+            prop_assert!(f64::from_bits(got.0).is_nan() && f64::from_bits(got.1).is_nan());
+        } else {
+            prop_assert_eq!(got, want);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The scaled-decimal test rounds without libm's `round` yet accepts
+    /// exactly what the definition `round(v * 10^d)` accepts.
+    #[test]
+    fn scaled_decimals_match_their_definition(v in any_float(), d in 0usize..10) {
+        let p = 10f64.powi(d as i32);
+        let k = (v * p).round();
+        let want = (!k.is_nan() && k.abs() < 9_007_199_254_740_992.0)
+            .then_some(k as i64)
+            .filter(|&k| (k as f64 / p).to_bits() == v.to_bits());
+        prop_assert_eq!(crate::segment::encoding::scaled(v, d), want);
+    }
+}
