@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -19,6 +20,20 @@ pub(crate) fn wattson(data: &Path) -> Command {
         .env("WATTSON_FLIGHT_LISTEN", "127.0.0.1:0")
         .env("WATTSON_DASHBOARD_LISTEN", "127.0.0.1:0")
         .env("WATTSON_METRICS_LISTEN", "off");
+    // A test that fails midway drops its server's `Child` without stopping
+    // it; the kernel then kills the server when the test's thread ends,
+    // instead of leaving it running (and holding ports and memory) after
+    // the test run.
+    // SAFETY: the hook runs in the forked child before exec and only makes
+    // one async-signal-safe system call.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd
 }
 
