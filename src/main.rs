@@ -262,13 +262,20 @@ struct SqlArgs {
     #[arg(long, value_enum, default_value = "table")]
     format: wattson::sql::SqlFormat,
     /// Ask a running server over Flight SQL instead of reading the data
-    /// directory, for example `--server 127.0.0.1:50051` (plain gRPC).
+    /// directory, for example `--server 127.0.0.1:50051` (plain gRPC unless
+    /// --tls-ca is given).
     #[arg(long, value_name = "HOST:PORT", requires = "user")]
     server: Option<String>,
     /// The analyst or admin to log in as with --server. The password comes
     /// from WATTSON_PASSWORD or a prompt.
     #[arg(long)]
     user: Option<String>,
+    /// Talk TLS to --server and trust the CA certificates in this PEM file
+    /// (the server's certificate must name HOST). For a publicly signed
+    /// certificate pass the system bundle, for example
+    /// /etc/ssl/certs/ca-certificates.crt.
+    #[arg(long, value_name = "PEM", requires = "server")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -486,9 +493,12 @@ fn run(cli: Cli) -> Result<()> {
                             .context("reading the password")?,
                     };
                     wattson::sql::run_remote(
-                        server,
-                        user,
-                        &password,
+                        &wattson::sql::Remote {
+                            server,
+                            user,
+                            password: &password,
+                            tls_ca: args.tls_ca.as_deref(),
+                        },
                         &args.query,
                         args.format,
                         &mut out,

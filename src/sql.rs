@@ -2,7 +2,8 @@
 //! CSV or JSON lines. The store is opened read-only, so a server may be
 //! writing the directory meanwhile; the query sees a snapshot taken at open.
 //! With `--server`, the query goes to a running server over Flight SQL
-//! instead ([`run_remote`]), printed the same way.
+//! instead ([`run_remote`]), printed the same way; over TLS with
+//! `--tls-ca`.
 
 use std::io::Write;
 use std::path::Path;
@@ -60,25 +61,56 @@ pub fn run(data_dir: &Path, sql: &str, format: SqlFormat, out: &mut dyn Write) -
     result
 }
 
-/// Runs `sql` on the Flight SQL server at `server` (`HOST:PORT`) as `user`
-/// and writes the result to `out`, batch by batch as it arrives.
+/// A Flight SQL server and who logs in to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Remote<'a> {
+    /// `HOST:PORT`.
+    pub server: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    /// Use TLS, trusting the CA certificates in this PEM file.
+    pub tls_ca: Option<&'a Path>,
+}
+
+/// Runs `sql` on `remote` and writes the result to `out`, batch by batch as
+/// it arrives.
 pub fn run_remote(
-    server: &str,
-    user: &str,
-    password: &str,
+    remote: &Remote<'_>,
     sql: &str,
     format: SqlFormat,
     out: &mut dyn Write,
 ) -> Result<()> {
     use arrow_flight::sql::client::FlightSqlServiceClient;
+    let Remote {
+        server,
+        user,
+        password,
+        tls_ca,
+    } = *remote;
+    let tls = tls_ca
+        .map(|path| {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA certificates {}", path.display()))?;
+            Ok::<_, anyhow::Error>(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+        })
+        .transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{server}"))
             .with_context(|| format!("`{server}` is not HOST:PORT"))?
             .connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .context("setting up TLS for the Flight connection")?;
+        }
         let channel = endpoint
             .connect()
             .await

@@ -521,5 +521,41 @@ print("ok")
         &[("CA", pki.ca_pem.to_str().unwrap())],
     );
     assert!(out.contains("ok"), "{out}");
+    // The CLI's Flight SQL client: TLS with the CA, refused without it.
+    let sql = |server: &str, ca: Option<&Path>| {
+        let mut cmd = wattson(&data);
+        cmd.args(["sql", "--server", server, "--user", "admin"]);
+        if let Some(ca) = ca {
+            cmd.arg("--tls-ca").arg(ca);
+        }
+        cmd.args([
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM power_consumption",
+        ])
+        .env("WATTSON_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .unwrap()
+    };
+    let server_name = format!("localhost:{port}");
+    let ok = sql(&server_name, Some(&pki.ca_pem));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "n\n3\n");
+    let plain = sql(&server_name, None);
+    assert!(
+        !plain.status.success(),
+        "plain gRPC accepted on the TLS port"
+    );
+    let missing = sql(&server_name, Some(&dir.path().join("no-such-ca.pem")));
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no-such-ca.pem"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
     stop(server);
 }
