@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-use crate::serve::{setup, spawn_listening, stop, wattson};
+use crate::serve::{serve_on_free_ports, setup, spawn_listening, stop, wattson};
 
 const ADMIN_PASSWORD: &str = "a long admin password";
 const VIEWER_PASSWORD: &str = "a long viewer password";
@@ -30,19 +30,16 @@ fn start(data: &Path) -> Server {
 }
 
 fn start_with(data: &Path, extra: &[&str]) -> Server {
-    let mut cmd = wattson(data);
-    cmd.args([
-        "serve",
-        "--mqtt-listen",
-        "127.0.0.1:0",
-        "--subscribers-listen",
-        "127.0.0.1:0",
-        "--dashboard-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .args(extra);
+    let mut cmd = serve_on_free_ports(
+        data,
+        &[
+            "--dashboard-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    cmd.args(extra);
     let (child, ports) = spawn_listening(
         &mut cmd,
         &[

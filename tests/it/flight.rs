@@ -7,23 +7,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use crate::python::python;
-use crate::serve::{setup, spawn_listening, stop, wattson};
+use crate::serve::{serve_on_free_ports, setup, spawn_listening, stop, wattson};
 
 const ADMIN_PASSWORD: &str = "a long admin password";
 
 /// Starts the server with Flight on a free port; returns it and the port.
 fn start(data: &Path, extra: &[&str]) -> (Child, u16) {
-    let mut cmd = wattson(data);
-    cmd.args([
-        "serve",
-        "--mqtt-listen",
-        "127.0.0.1:0",
-        "--subscribers-listen",
-        "127.0.0.1:0",
-        "--flight-listen",
-        "127.0.0.1:0",
-    ])
-    .args(extra);
+    let mut cmd = serve_on_free_ports(data, &["--flight-listen", "127.0.0.1:0"]);
+    cmd.args(extra);
     let (child, ports) = spawn_listening(&mut cmd, &[("flight listening", "listen")]);
     (child, ports[0])
 }

@@ -129,6 +129,21 @@ fn start_full(data: &Path, port: u16, extra: &[&str], field: &str) -> (Child, u1
     (child, ports[0])
 }
 
+/// `wattson serve` with meters and subscribers on free ports, then `extra`
+/// (other listeners are on free ports through [`wattson`]'s environment).
+pub(crate) fn serve_on_free_ports(data: &Path, extra: &[&str]) -> Command {
+    let mut cmd = wattson(data);
+    cmd.args([
+        "serve",
+        "--mqtt-listen",
+        "127.0.0.1:0",
+        "--subscribers-listen",
+        "127.0.0.1:0",
+    ])
+    .args(extra);
+    cmd
+}
+
 /// The port in the log field ` {field}=HOST:PORT` of `line`.
 pub(crate) fn port_after(line: &str, field: &str) -> Option<u16> {
     let rest = line.split(&format!(" {field}=")).nth(1)?;
