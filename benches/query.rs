@@ -8,6 +8,8 @@
 //! | `daily_kwh` | `energy_kwh` of seven appliances per device and day ((c)) |
 //! | `device_day_all_columns` | one device-day, every column ((d) at a smaller scale) |
 //!
+//! | `plan_among_many_partitions` | one device-month of a few rows, among 2,400 sealed partitions and a buffered month of 600,000 rows: what planning costs as a store grows |
+//!
 //! `wattson bench query` runs the same questions at the issue's scale (20
 //! meters × 30 days) and compares (c) with DuckDB.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -86,5 +88,39 @@ fn queries(c: &mut Criterion) {
     store.close().unwrap();
 }
 
-criterion_group!(benches, queries);
+/// A small query in a store with many partitions: planning lists the
+/// partitions, and must not cost a step per block or buffered row.
+fn planning(c: &mut Criterion) {
+    const DAY_NS: i64 = 86_400_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+    // 200 meters × 12 months, two readings each, one sealed file per partition.
+    for k in 0..12 {
+        let start = START_NS - 365 * DAY_NS + k * 31 * DAY_NS;
+        let month: Vec<_> = simdata::fleet(SEED_TABLE, 200, start, 2, 5).collect();
+        store.append(month).unwrap();
+        store.flush().unwrap();
+    }
+    // One meter's buffered month, as on a live server between seals.
+    let live: Vec<_> = simdata::fleet(SEED_TABLE, 1, START_NS, 600_000, 6).collect();
+    for chunk in live.chunks(10_000) {
+        store.append(chunk.to_vec()).unwrap();
+    }
+    let engine = QueryEngine::new(store.clone(), None, &QueryOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sql = format!(
+        "SELECT count(*) FROM {SEED_TABLE} WHERE device = '{}' \
+         AND time >= '2022-06-01T00:00:00Z' AND time < '2022-07-01T00:00:00Z'",
+        simdata::device_id(7)
+    );
+    let mut group = c.benchmark_group("query");
+    group.bench_function("plan_among_many_partitions", |b| {
+        b.iter(|| rt.block_on(rows(&engine, &sql)))
+    });
+    group.finish();
+    drop(engine);
+    store.close().unwrap();
+}
+
+criterion_group!(benches, queries, planning);
 criterion_main!(benches);

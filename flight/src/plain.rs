@@ -211,12 +211,8 @@ pub(crate) fn flight_info(store: &Store, descriptor: FlightDescriptor) -> Result
         .try_with_schema(&schema)?
         .with_descriptor(descriptor)
         .with_ordered(true);
-    for p in store.partitions() {
-        let wanted = p.table == cmd.table
-            && cmd.devices.as_ref().is_none_or(|ds| ds.contains(&p.device))
-            && p.rows > 0
-            && p.month.start_ns() < end
-            && p.month.end_ns() > start;
+    for p in store.partitions_of(&cmd.table, start, end) {
+        let wanted = cmd.devices.as_ref().is_none_or(|ds| ds.contains(&p.device)) && p.rows > 0;
         if !wanted {
             continue;
         }

@@ -83,19 +83,19 @@ impl PublicSchema {
             return Some((name.to_owned(), View::Whole));
         }
         let (prefix, month) = split_month(name)?;
-        let parts = self.store.partitions();
+        let parts_of = |table: &str| {
+            self.store
+                .partitions_of(table, month.start_ns(), month.end_ns())
+        };
         if tables.iter().any(|t| t == prefix) {
-            return parts
-                .iter()
-                .any(|p| p.table == prefix && p.month == month)
-                .then(|| (prefix.to_owned(), View::Month(month)));
+            return (!parts_of(prefix).is_empty()).then(|| (prefix.to_owned(), View::Month(month)));
         }
         tables.iter().find_map(|t| {
             let device = prefix.strip_suffix(t.as_str())?.strip_suffix('_')?;
             validate_device_name(device).ok()?;
-            parts
+            parts_of(t)
                 .iter()
-                .any(|p| p.table == *t && p.device == device && p.month == month)
+                .any(|p| p.device == device)
                 .then(|| (t.clone(), View::DeviceMonth(device.to_owned(), month)))
         })
     }

@@ -170,16 +170,13 @@ impl TableProvider for StoreTable {
             Vec::new()
         } else {
             self.store
-                .partitions()
+                .partitions_of(&self.table, region.start, region.end)
                 .into_iter()
                 .filter(|p| {
-                    p.table == self.table
-                        && region
-                            .devices
-                            .as_ref()
-                            .is_none_or(|d| d.contains(&p.device))
-                        && p.month.end_ns() > region.start
-                        && p.month.start_ns() < region.end
+                    region
+                        .devices
+                        .as_ref()
+                        .is_none_or(|d| d.contains(&p.device))
                 })
                 .map(|p| PartScan {
                     device: p.device,

@@ -110,6 +110,10 @@ impl ColBuf {
 #[derive(Debug, Default)]
 pub(crate) struct PartBuf {
     times: Vec<i64>,
+    /// Earliest and latest of `times`, kept as rows arrive: partition
+    /// listings (every query plan) ask for them and the buffer can hold
+    /// millions of rows.
+    time_range: Option<(i64, i64)>,
     seqs: Vec<u64>,
     /// Indexed like the table's channels; `None` while the channel has no
     /// value in this partition yet.
@@ -132,9 +136,7 @@ impl PartBuf {
 
     /// Earliest and latest buffered time; `None` when empty.
     pub(crate) fn time_range(&self) -> Option<(i64, i64)> {
-        let min = self.times.iter().min()?;
-        let max = self.times.iter().max()?;
-        Some((*min, *max))
+        self.time_range
     }
 
     /// Appends a row; returns how many channels it left null, whose slots
@@ -142,6 +144,10 @@ impl PartBuf {
     fn push(&mut self, time: i64, seq: u64, values: Vec<(usize, Value)>) -> usize {
         let row = self.times.len();
         self.times.push(time);
+        self.time_range = Some(match self.time_range {
+            None => (time, time),
+            Some((lo, hi)) => (lo.min(time), hi.max(time)),
+        });
         self.seqs.push(seq);
         for (idx, value) in values {
             if self.cols.len() <= idx {
@@ -162,11 +168,8 @@ impl PartBuf {
 
     /// Copies the rows with `start <= time < end`, for the given channels.
     pub(crate) fn extract(&self, start: i64, end: i64, channels: &[usize]) -> Option<MemRows> {
-        let (min, max) = self
-            .times
-            .iter()
-            .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
-        if self.times.is_empty() || max < start || min >= end {
+        let (min, max) = self.time_range?;
+        if max < start || min >= end {
             return None;
         }
         let whole = min >= start && max < end;

@@ -778,10 +778,28 @@ impl Store {
 
     /// Every partition with its size.
     pub fn partitions(&self) -> Vec<PartitionInfo> {
+        self.list_partitions(None, i64::MIN, i64::MAX)
+    }
+
+    /// The partitions of `table` whose month overlaps `[start, end)`, with
+    /// their sizes: what a query over that table and time range reads.
+    pub fn partitions_of(&self, table: &str, start: i64, end: i64) -> Vec<PartitionInfo> {
+        self.list_partitions(Some(table), start, end)
+    }
+
+    /// Costs one step per segment file and buffered partition, never per
+    /// block or row: query plans call this.
+    fn list_partitions(&self, table: Option<&str>, start: i64, end: i64) -> Vec<PartitionInfo> {
+        let wanted = |t: &str, month: Month| {
+            table.is_none_or(|want| want == t) && month.end_ns() > start && month.start_ns() < end
+        };
         let state = self.shared.applied_state();
         let mut out: BTreeMap<PartKey, PartitionInfo> = BTreeMap::new();
         for ((table, device, month), segs) in &state.parts {
-            let blocks = || segs.iter().flat_map(|s| s.blocks());
+            if !wanted(table, *month) {
+                continue;
+            }
+            let ranges = || segs.iter().filter_map(|s| s.time_range());
             out.insert(
                 (table.clone(), device.clone(), *month),
                 PartitionInfo {
@@ -792,14 +810,17 @@ impl Store {
                     buffered_rows: 0,
                     segments: segs.len(),
                     bytes_on_disk: segs.iter().map(|s| s.file_len()).sum(),
-                    min_time: blocks().map(|b| b.min_time).min().unwrap_or(i64::MAX),
-                    max_time: blocks().map(|b| b.max_time).max().unwrap_or(i64::MIN),
+                    min_time: ranges().map(|r| r.0).min().unwrap_or(i64::MAX),
+                    max_time: ranges().map(|r| r.1).max().unwrap_or(i64::MIN),
                 },
             );
         }
         let mems = std::iter::once(&state.active).chain(state.frozen.iter().map(|f| &f.mem));
         for mem in mems {
             for (table, device, month, part) in mem.all() {
+                if !wanted(table, month) {
+                    continue;
+                }
                 let info = out
                     .entry((table.to_owned(), device.to_owned(), month))
                     .or_insert_with(|| PartitionInfo {

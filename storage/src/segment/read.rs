@@ -35,6 +35,10 @@ struct Inner {
     blocks: Vec<BlockMeta>,
     /// Sum of block rows, kept so callers need not add them up.
     rows: u64,
+    /// Earliest and latest time over every block; `None` without blocks.
+    /// Kept because listing partitions (every query plan) would otherwise
+    /// walk every block of every file.
+    time_range: Option<(i64, i64)>,
     /// This open's key in the block cache; unique in the process.
     id: u64,
 }
@@ -105,6 +109,10 @@ impl SegmentReader {
         }
         let (meta, blocks) = footer::decode(path, footer_bytes, footer_offset)?;
         let rows = blocks.iter().map(|b| u64::from(b.rows)).sum();
+        let time_range = blocks.iter().fold(None, |range, b| match range {
+            None => Some((b.min_time, b.max_time)),
+            Some((lo, hi)) => Some((b.min_time.min(lo), b.max_time.max(hi))),
+        });
         Ok(SegmentReader {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -112,6 +120,7 @@ impl SegmentReader {
                 meta,
                 blocks,
                 rows,
+                time_range,
                 id: super::cache::next_segment_id(),
             }),
         })
@@ -131,6 +140,12 @@ impl SegmentReader {
 
     pub fn rows(&self) -> u64 {
         self.inner.rows
+    }
+
+    /// Earliest and latest reading time in the file, from block statistics;
+    /// `None` for a file without blocks.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        self.inner.time_range
     }
 
     pub fn file_len(&self) -> u64 {

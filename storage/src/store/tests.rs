@@ -582,6 +582,27 @@ fn model_rows(model: &Model, device: Option<&str>, start: i64, end: i64) -> Vec<
     out
 }
 
+type Bounds = BTreeMap<(String, Month), (i64, i64)>;
+
+/// Each partition's earliest and latest time, as listed by the store.
+fn partition_bounds(parts: &[PartitionInfo]) -> Bounds {
+    parts
+        .iter()
+        .map(|p| ((p.device.clone(), p.month), (p.min_time, p.max_time)))
+        .collect()
+}
+
+/// The same from the model: rewriting a key keeps its time, so the bounds of
+/// what is stored are the bounds of the model's keys.
+fn model_bounds(model: &Model) -> Bounds {
+    let mut out = Bounds::new();
+    for (d, t) in model.keys() {
+        let e = out.entry((d.clone(), Month::of(*t))).or_insert((*t, *t));
+        *e = (e.0.min(*t), e.1.max(*t));
+    }
+    out
+}
+
 fn expire(model: &mut Model, retention_days: Option<u16>, now: i64) {
     if let Some(days) = retention_days {
         let cutoff = now - i64::from(days) * 86_400 * SEC;
@@ -636,6 +657,14 @@ proptest! {
                         req = req.devices([d.clone()]);
                     }
                     prop_assert_eq!(rows(&store, &req), model_rows(&model, device.as_deref(), start, end));
+                    prop_assert_eq!(partition_bounds(&store.partitions()), model_bounds(&model));
+                    let overlapping: Vec<_> = store
+                        .partitions()
+                        .into_iter()
+                        .filter(|p| p.month.end_ns() > start && p.month.start_ns() < end)
+                        .collect();
+                    prop_assert_eq!(store.partitions_of("power", start, end), overlapping);
+                    prop_assert!(store.partitions_of("other", start, end).is_empty());
                 }
                 Op::Flush => store.flush().unwrap(),
                 Op::Compact => { store.compact().unwrap(); }
