@@ -3,16 +3,17 @@
 //! Decoding (zstd, then the delta and decimal transforms) is most of what a
 //! scan of sealed data costs, and ML clients and the dashboard read the same
 //! months again and again. Segments are immutable and every opened segment
-//! gets an id no other one ever has, so a cached chunk can never be stale:
-//! entries of deleted segments just age out. Least recently used chunks are
-//! evicted first; memory is counted with Arrow's own estimate of each array.
+//! gets an id no other one ever has, so a cached chunk can never be stale.
+//! When compaction or retention deletes a segment, its chunks are dropped at
+//! once rather than left to age out, so they do not crowd out live data.
+//! Least recently used chunks are evicted first; memory is counted with
+//! Arrow's own estimate of each array.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::{Array, ArrayRef};
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
 
 /// A chunk: (segment id, block, column).
 type Key = (u64, u32, u32);
@@ -41,7 +42,8 @@ pub(crate) struct BlockCache {
 
 #[derive(Debug, Default)]
 struct Lru {
-    entries: FxHashMap<Key, (ArrayRef, usize, u64)>,
+    /// Ordered by key, so one segment's chunks are one range.
+    entries: BTreeMap<Key, (ArrayRef, usize, u64)>,
     /// Last use tick to key, oldest first.
     order: BTreeMap<u64, Key>,
     tick: u64,
@@ -109,6 +111,22 @@ impl BlockCache {
             };
             if let Some((_, evicted, _)) = lru.entries.remove(&oldest) {
                 lru.bytes -= evicted;
+            }
+        }
+    }
+
+    /// Drops every chunk of `segment`: its file is gone.
+    pub(crate) fn forget(&self, segment: u64) {
+        let mut lru = self.inner.lock();
+        let keys: Vec<Key> = lru
+            .entries
+            .range((segment, 0, 0)..=(segment, u32::MAX, u32::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some((_, size, tick)) = lru.entries.remove(&k) {
+                lru.order.remove(&tick);
+                lru.bytes -= size;
             }
         }
     }
@@ -198,6 +216,28 @@ mod tests {
         assert!(c.get(7, 0, 0).is_some(), "recently used, kept");
         assert!(c.get(7, 0, 4).is_some());
         assert!(c.stats().bytes <= one * 4);
+    }
+
+    #[test]
+    fn forgetting_a_segment_drops_its_chunks_and_nothing_else() {
+        let c = BlockCache::new(1 << 20);
+        for seg in [6, 7, 8] {
+            for block in 0..3 {
+                c.insert(seg, block, 0, &array(100, seg as f64));
+                c.insert(seg, block, 1, &array(100, seg as f64));
+            }
+        }
+        let per_segment = c.stats().bytes / 3;
+        c.forget(7);
+        assert_eq!(c.stats().bytes, 2 * per_segment);
+        assert!((0..3).all(|b| c.get(7, b, 0).is_none() && c.get(7, b, 1).is_none()));
+        assert!((0..3).all(|b| c.get(6, b, 1).is_some() && c.get(8, b, 0).is_some()));
+        // Eviction order survives: the forgotten ticks are gone from it too.
+        c.forget(6);
+        c.forget(8);
+        assert_eq!(c.stats().bytes, 0);
+        c.insert(9, 0, 0, &array(100, 9.0));
+        assert!(c.get(9, 0, 0).is_some());
     }
 
     #[test]

@@ -126,6 +126,11 @@ impl SegmentReader {
         })
     }
 
+    /// This open's key in the block cache.
+    pub(crate) fn cache_id(&self) -> u64 {
+        self.inner.id
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.path
     }

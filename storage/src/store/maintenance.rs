@@ -388,6 +388,7 @@ fn compact_run(shared: &Shared, key: &PartKey, run: &[Arc<SegmentReader>]) -> Re
         return remove_durably(shared.vfs(), &path);
     }
     for seg in run {
+        shared.block_cache.forget(seg.cache_id());
         remove_durably(shared.vfs(), seg.path())?;
     }
     tracing::debug!(
@@ -445,6 +446,7 @@ pub(super) fn enforce_retention(shared: &Shared, wal: &StoreWal) -> Result<usize
     let vfs = shared.vfs();
     for ((table, device, month), segs) in &expired {
         for seg in segs {
+            shared.block_cache.forget(seg.cache_id());
             remove_durably(vfs, seg.path())?;
         }
         let dir = shared.partition_dir(table, device, *month);

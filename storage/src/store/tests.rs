@@ -281,7 +281,13 @@ fn repeated_scans_hit_the_block_cache_and_rewritten_rows_are_never_stale() {
         }
     };
     want(all(&store));
+    assert!(store.block_cache_stats().bytes > 0);
     store.compact().unwrap();
+    assert_eq!(
+        store.block_cache_stats().bytes,
+        0,
+        "the merged files' chunks left the cache with them"
+    );
     want(all(&store));
     want(all(&store));
 }
