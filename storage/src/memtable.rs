@@ -15,7 +15,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, BooleanArray};
 use rustc_hash::FxHashMap;
 
-use crate::model::{ChannelType, Month, Value, same_name};
+use crate::model::{ChannelType, Month, Value, same_name, widen};
 
 /// A reading resolved against the catalog: channel names replaced by their
 /// index in the table's channel list.
@@ -144,10 +144,7 @@ impl PartBuf {
     fn push(&mut self, time: i64, seq: u64, values: Vec<(usize, Value)>) -> usize {
         let row = self.times.len();
         self.times.push(time);
-        self.time_range = Some(match self.time_range {
-            None => (time, time),
-            Some((lo, hi)) => (lo.min(time), hi.max(time)),
-        });
+        self.time_range = Some(widen(self.time_range, time, time));
         self.seqs.push(seq);
         for (idx, value) in values {
             if self.cols.len() <= idx {

@@ -119,6 +119,12 @@ pub(crate) fn same_name(a: &Arc<str>, b: &Arc<str>) -> bool {
     Arc::ptr_eq(a, b) || **a == **b
 }
 
+/// `range` widened to cover `[lo, hi]`: the earliest and latest time of a
+/// file or buffer, kept as blocks or rows are added.
+pub(crate) fn widen(range: Option<(i64, i64)>, lo: i64, hi: i64) -> (i64, i64) {
+    range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi)))
+}
+
 /// A calendar month in UTC, the unit of partitioning and retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Month {

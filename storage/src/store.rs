@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::io::{DirLock, RealFs, Vfs};
 use crate::latest::{self, LatestCache, LatestReading};
 use crate::memtable::{Memtable, Prepared};
-use crate::model::{Month, Reading, same_name};
+use crate::model::{Month, Reading, same_name, widen};
 use crate::scan::{self, Scan, ScanRequest};
 use crate::segment::{BlockCache, BlockCacheStats, SegmentReader, WriteOptions};
 use crate::wal::{self, Wal, WalOptions};
@@ -799,7 +799,11 @@ impl Store {
             if !wanted(table, *month) {
                 continue;
             }
-            let ranges = || segs.iter().filter_map(|s| s.time_range());
+            let (min_time, max_time) = segs
+                .iter()
+                .filter_map(|s| s.time_range())
+                .fold(None, |range, (lo, hi)| Some(widen(range, lo, hi)))
+                .unwrap_or((i64::MAX, i64::MIN));
             out.insert(
                 (table.clone(), device.clone(), *month),
                 PartitionInfo {
@@ -810,8 +814,8 @@ impl Store {
                     buffered_rows: 0,
                     segments: segs.len(),
                     bytes_on_disk: segs.iter().map(|s| s.file_len()).sum(),
-                    min_time: ranges().map(|r| r.0).min().unwrap_or(i64::MAX),
-                    max_time: ranges().map(|r| r.1).max().unwrap_or(i64::MIN),
+                    min_time,
+                    max_time,
                 },
             );
         }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::io::{Mapped, Vfs};
-use crate::model::ChannelType;
+use crate::model::{ChannelType, widen};
 
 /// An open, validated segment. Cloning is cheap (one shared map and index).
 #[derive(Debug, Clone)]
@@ -109,10 +109,9 @@ impl SegmentReader {
         }
         let (meta, blocks) = footer::decode(path, footer_bytes, footer_offset)?;
         let rows = blocks.iter().map(|b| u64::from(b.rows)).sum();
-        let time_range = blocks.iter().fold(None, |range, b| match range {
-            None => Some((b.min_time, b.max_time)),
-            Some((lo, hi)) => Some((b.min_time.min(lo), b.max_time.max(hi))),
-        });
+        let time_range = blocks
+            .iter()
+            .fold(None, |range, b| Some(widen(range, b.min_time, b.max_time)));
         Ok(SegmentReader {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
