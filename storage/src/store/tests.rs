@@ -364,13 +364,26 @@ fn retention_drops_whole_months_and_rejects_old_readings() {
         .append(vec![f("m1", may, 1.0), f("m1", T0, 2.0)])
         .unwrap();
     store.flush().unwrap();
+    assert_eq!(all(&store).len(), 2);
+    let cached = store.block_cache_stats();
     store
         .set_retention("power", Some(Duration::from_secs(30 * 86_400)))
         .unwrap();
     assert_eq!(store.enforce_retention().unwrap(), 1);
+    let kept = store.block_cache_stats();
+    assert!(
+        0 < kept.bytes && kept.bytes < cached.bytes,
+        "the dropped month's chunks left the cache: {cached:?} -> {kept:?}"
+    );
     assert_eq!(
         all(&store),
         vec![("m1".into(), T0, vec![Some("2.0".into())])]
+    );
+    let rescanned = store.block_cache_stats();
+    assert_eq!(
+        (rescanned.misses, rescanned.bytes),
+        (kept.misses, kept.bytes),
+        "the kept month is still cached"
     );
     let err = store.append(vec![f("m1", may, 3.0)]).unwrap_err();
     assert!(matches!(err, Error::BeyondRetention { .. }), "{err}");
