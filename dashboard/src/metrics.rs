@@ -125,6 +125,13 @@ fn text(app: &AppState) -> Response {
         &s.puback_latency,
         s.puback_latency_sum_us as f64 / 1e6,
     );
+    scalar(
+        &mut out,
+        "wattson_store_writable",
+        "gauge",
+        "1 while the store accepts writes, 0 once an I/O failure poisoned its write-ahead log (restart wattson)",
+        u64::from(app.store.write_failure().is_none()),
+    );
     let wal = app.store.wal_stats();
     scalar(
         &mut out,

@@ -868,6 +868,15 @@ impl Store {
         segs.iter().filter_map(|s| s.verify().err()).collect()
     }
 
+    /// Why no append can succeed until the store is reopened: the I/O
+    /// failure that poisoned the write-ahead log (after a failed fsync the
+    /// page cache cannot be trusted, see `facts.md`). `None` while appends
+    /// can succeed, and on a read-only store, which refuses them anyway.
+    /// Cheap: ingest asks for every message.
+    pub fn write_failure(&self) -> Option<String> {
+        self.wal.as_ref().and_then(|w| w.is_poisoned())
+    }
+
     /// The most recent failure of background work (sealing, compaction,
     /// retention), if it has not succeeded since.
     pub fn last_background_error(&self) -> Option<String> {

@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -252,6 +252,7 @@ impl<T: Send + 'static> Wal<T> {
             }),
             work: Condvar::new(),
             done: Condvar::new(),
+            is_poisoned: AtomicBool::new(false),
             log: Mutex::new(Log {
                 vfs: vfs.clone(),
                 dir: dir.clone(),
@@ -415,6 +416,9 @@ impl<T: Send + 'static> Wal<T> {
 
     /// The first failure, if the log is poisoned.
     pub fn is_poisoned(&self) -> Option<String> {
+        if !self.shared.is_poisoned.load(Ordering::Acquire) {
+            return None;
+        }
         lock(&self.shared.queue).poisoned.clone()
     }
 

@@ -408,6 +408,7 @@ fn dashboard_sessions_cookies_csrf_logout_api_and_metrics() {
     ] {
         assert!(m.text().contains(name), "{name} missing");
     }
+    assert!(m.text().contains("\nwattson_store_writable 1\n"));
     let r = http(port, "GET", "/metrics", &[("Cookie", &cookie)], b"");
     assert_eq!(r.status, 401);
 

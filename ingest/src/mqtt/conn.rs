@@ -155,6 +155,14 @@ impl<S: Stream> Conn<'_, S> {
             };
             return self.refuse(code, &why).await;
         }
+        // Accepting would only lose what the device sends next; refused, a
+        // meter keeps its readings queued and retries.
+        if let Some(cause) = self.shared.deps.store.write_failure() {
+            let why = format!("the store accepts no writes until wattson is restarted ({cause})");
+            return self
+                .refuse(ConnectReturnCode::ServiceUnavailable, &why)
+                .await;
+        }
         self.send(Packet::ConnAck(
             ConnAck {
                 // No sessions are kept, whatever clean_session asked.
@@ -335,6 +343,12 @@ impl<S: Stream> Conn<'_, S> {
             }
             return Err(Close::Acl);
         };
+        // Checked for QoS 0 as well, which hears of no failed append: the
+        // closed connection tells the device, whose reconnect is refused.
+        if deps.store.write_failure().is_some() {
+            MqttStats::inc(&stats.append_failures);
+            return Err(Close::AppendFailed);
+        }
         MqttStats::inc(if qos == 1 {
             &stats.messages_qos1
         } else {

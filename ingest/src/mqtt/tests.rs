@@ -314,7 +314,7 @@ async fn a_bad_payload_is_acknowledged_refused_and_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_fsync_is_never_acknowledged() {
+async fn a_failed_fsync_is_never_acknowledged_and_then_devices_are_turned_away() {
     let dir = tempfile::tempdir().unwrap();
     let fs = Arc::new(FaultFs::new());
     let opts = StoreOptions {
@@ -328,6 +328,9 @@ async fn a_failed_fsync_is_never_acknowledged() {
     connect(&mut ev).await.unwrap();
     publish_n(&client, "meters/m1/power", 1).await;
     pubacks(&mut ev, 1).await;
+    let quiet_secret = env.device("m2");
+    let (quiet, mut quiet_ev) = env.client("m2", Some(("m2", &quiet_secret)));
+    connect(&mut quiet_ev).await.unwrap();
 
     fs.set_plan(FaultPlan::default().fail_sync_after(0));
     let c = client.clone();
@@ -344,6 +347,28 @@ async fn a_failed_fsync_is_never_acknowledged() {
     let s = env.stats();
     assert_eq!((s.pubacks_sent, s.append_failures), (1, 1));
     assert_eq!(s.lost_acknowledged, 0);
+
+    // The log is poisoned for good: a QoS 0 sender, which hears of no
+    // failed append, has its connection closed at its next message...
+    let q = quiet.clone();
+    tokio::spawn(async move {
+        let _ = q
+            .publish("meters/m2/power", QoS::AtMostOnce, false, reading(2))
+            .await;
+    });
+    assert_eq!(until_closed(&mut quiet_ev, WAIT).await, Some(0));
+    assert_eq!(env.stats().append_failures, 2);
+    // ...and reconnecting devices are told to come back later.
+    for (id, secret) in [("m1", &secret), ("m2", &quiet_secret)] {
+        let (_c, mut ev) = env.client(id, Some((id, secret)));
+        match connect(&mut ev).await {
+            Err(ConnectionError::ConnectionRefused(code)) => {
+                assert_eq!(code, ConnectReturnCode::ServiceUnavailable, "{id}")
+            }
+            other => panic!("{id}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert!(env.stored("m2").is_empty());
     env.server.shutdown().await;
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,9 @@ pub(super) struct Shared<T> {
     pub(super) done: Condvar,
     pub(super) log: Mutex<Log>,
     pub(super) counters: Counters,
+    /// Set once with `queue.poisoned`, so that asking whether the log is
+    /// poisoned, which ingest does for every message, takes no lock.
+    pub(super) is_poisoned: AtomicBool,
     pub(super) window: Duration,
     pub(super) max_batch_bytes: usize,
 }
@@ -139,6 +142,7 @@ impl<T> Shared<T> {
         if q.poisoned.is_none() {
             tracing::error!(%cause, "write-ahead log poisoned");
             q.poisoned = Some(cause);
+            self.is_poisoned.store(true, Ordering::Release);
         }
         q.pending.clear();
         q.pending_bytes = 0;
