@@ -14,6 +14,7 @@ use arrow_array::{
     Array, ArrayRef, RecordBatch, RecordBatchOptions, StringArray, TimestampNanosecondArray,
     new_null_array,
 };
+use arrow_buffer::ScalarBuffer;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::catalog::TableDef;
@@ -148,8 +149,9 @@ struct Current {
 struct Rows {
     n: usize,
     /// Empty when nothing needs them: a block wholly inside the range, not
-    /// merged with others, for a scan that does not output `time`.
-    times: Vec<i64>,
+    /// merged with others, for a scan that does not output `time`. An Arrow
+    /// buffer, so cached timestamps reach the batch without a copy.
+    times: ScalarBuffer<i64>,
     /// Empty unless the rows take part in a merge.
     seqs: Vec<u64>,
     cols: Vec<Option<ArrayRef>>,
@@ -379,7 +381,7 @@ impl Scan {
             .iter()
             .map(|m| Rows {
                 n: m.times.len(),
-                times: m.times.clone(),
+                times: m.times.clone().into(),
                 seqs: m.seqs.clone(),
                 cols: m.cols.clone(),
             })
@@ -389,7 +391,7 @@ impl Scan {
             None => rows,
             Some(order) => Rows {
                 n: order.len(),
-                times: take_values(&rows.times, &order),
+                times: take_values(&rows.times, &order).into(),
                 seqs: take_values(&rows.seqs, &order),
                 cols: rows
                     .cols
@@ -416,7 +418,7 @@ impl Scan {
                 };
                 Ok(Some(Rows {
                     n: hi - lo,
-                    times: m.times[lo..hi].to_vec(),
+                    times: m.times[lo..hi].to_vec().into(),
                     seqs: m.seqs[lo..hi].to_vec(),
                     cols: m
                         .cols
@@ -433,9 +435,9 @@ impl Scan {
                     let meta = &seg.blocks()[block];
                     let whole = meta.min_time >= self.start && meta.max_time < self.end;
                     let mut times = if merging || !whole || wants_time {
-                        seg.read_times(block)?
+                        seg.read_times_cached(&self.cache, block)?
                     } else {
-                        Vec::new()
+                        ScalarBuffer::from(Vec::new())
                     };
                     let (lo, hi) = if whole {
                         (0, meta.rows as usize)
@@ -458,7 +460,7 @@ impl Scan {
                     }
                     let n = hi - lo;
                     if !whole {
-                        times = times[lo..hi].to_vec();
+                        times = times.slice(lo, hi - lo);
                     }
                     Ok(Rows {
                         n,
@@ -499,7 +501,7 @@ impl Scan {
         let rows = if chunks.len() == 1 {
             chunks.pop().unwrap_or(Rows {
                 n: 0,
-                times: Vec::new(),
+                times: ScalarBuffer::from(Vec::new()),
                 seqs: Vec::new(),
                 cols: Vec::new(),
             })
@@ -511,7 +513,7 @@ impl Scan {
                 None => rows,
                 Some(order) => Rows {
                     n: order.len(),
-                    times: take_values(&rows.times, &order),
+                    times: take_values(&rows.times, &order).into(),
                     seqs: Vec::new(),
                     cols: rows
                         .cols
@@ -561,12 +563,12 @@ impl Scan {
         let mut n = 0;
         for c in chunks {
             n += c.n;
-            times.extend(c.times);
+            times.extend_from_slice(&c.times);
             seqs.extend(c.seqs);
         }
         Ok(Rows {
             n,
-            times,
+            times: times.into(),
             seqs,
             cols,
         })
@@ -576,7 +578,7 @@ impl Scan {
         let n = rows.n;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.out.len());
         let time: ArrayRef =
-            Arc::new(TimestampNanosecondArray::from(rows.times).with_timezone("UTC"));
+            Arc::new(TimestampNanosecondArray::new(rows.times, None).with_timezone("UTC"));
         for col in &self.out {
             columns.push(match col {
                 OutCol::Time => time.clone(),

@@ -1,8 +1,8 @@
 //! A bounded cache of decoded column chunks, shared by every scan of a store.
 //!
 //! Decoding (zstd, then the delta and decimal transforms) is most of what a
-//! scan of sealed data costs, and ML clients and the dashboard read the same
-//! months again and again. Segments are immutable and every opened segment
+//! scan of sealed data costs, for timestamps and channels alike, and ML
+//! clients and the dashboard read the same months again and again. Segments are immutable and every opened segment
 //! gets an id no other one ever has, so a cached chunk can never be stale.
 //! When compaction or retention deletes a segment, its chunks are dropped at
 //! once rather than left to age out, so they do not crowd out live data.
@@ -17,6 +17,10 @@ use parking_lot::Mutex;
 
 /// A chunk: (segment id, block, column).
 type Key = (u64, u32, u32);
+
+/// The column index under which a block's timestamps are kept (as an
+/// `Int64Array`); channel indexes never come near it.
+pub(crate) const TIME_CHUNK: usize = u32::MAX as usize;
 
 static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(1);
 

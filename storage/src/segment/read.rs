@@ -7,6 +7,8 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, new_null_array};
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use zstd::bulk::Decompressor;
@@ -254,6 +256,28 @@ impl SegmentReader {
         let array = self.read_column(block, column)?;
         cache.insert(self.inner.id, block, column, &array);
         Ok(array)
+    }
+
+    /// [`read_times`](Self::read_times) through `cache`, as
+    /// [`read_column_cached`](Self::read_column_cached) does for channels:
+    /// repeated scans that output or filter on time would otherwise decode
+    /// the time chunk again each time, most of a warm scan's cost.
+    pub(crate) fn read_times_cached(
+        &self,
+        cache: &super::BlockCache,
+        block: usize,
+    ) -> Result<ScalarBuffer<i64>> {
+        let cached = cache.get(self.inner.id, block, super::cache::TIME_CHUNK);
+        if let Some(times) = cached
+            .as_ref()
+            .and_then(|a| a.as_primitive_opt::<Int64Type>())
+        {
+            return Ok(times.values().clone());
+        }
+        let times = ScalarBuffer::from(self.read_times(block)?);
+        let array: ArrayRef = Arc::new(Int64Array::new(times.clone(), None));
+        cache.insert(self.inner.id, block, super::cache::TIME_CHUNK, &array);
+        Ok(times)
     }
 
     /// Checks every block and chunk checksum, decodes every chunk, and checks

@@ -6,8 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampNanosecondType;
 use arrow_array::{
-    Array, BooleanArray, Float64Array, Int64Array, StringArray, TimestampNanosecondArray,
+    Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampNanosecondArray,
 };
 use proptest::prelude::*;
 
@@ -290,6 +293,55 @@ fn repeated_scans_hit_the_block_cache_and_rewritten_rows_are_never_stale() {
     );
     want(all(&store));
     want(all(&store));
+}
+
+#[test]
+fn timestamps_are_cached_like_channels() {
+    let (_fs, store) = mem_store();
+    store
+        .append((0..40).map(|i| f("m1", T0 + i * SEC, i as f64)).collect())
+        .unwrap();
+    store.flush().unwrap();
+    let scan = |columns: &[&str]| -> Vec<RecordBatch> {
+        let req = ScanRequest::table("power").columns(columns.iter().copied());
+        store.scan(&req).unwrap().map(|b| b.unwrap()).collect()
+    };
+    let first = scan(&["p"]);
+    let channels_only = store.block_cache_stats();
+    let with_time = scan(&["time", "p"]);
+    let s = store.block_cache_stats();
+    let blocks = with_time
+        .iter()
+        .map(|b| b.num_rows())
+        .sum::<usize>()
+        .div_ceil(16);
+    assert_eq!(
+        s.misses - channels_only.misses,
+        blocks as u64,
+        "one time chunk per block"
+    );
+    assert!(s.bytes > channels_only.bytes);
+    let again = scan(&["time", "p"]);
+    assert_eq!(store.block_cache_stats().misses, s.misses, "decoded once");
+    assert_eq!(again, with_time);
+    assert_eq!(with_time[0].column(1), first[0].column(0));
+    // A range inside the blocks slices the cached timestamps.
+    let req = ScanRequest::table("power")
+        .range(Some(T0 + 3 * SEC), Some(T0 + 21 * SEC))
+        .columns(["time"]);
+    let times: Vec<i64> = store
+        .scan(&req)
+        .unwrap()
+        .flat_map(|b| {
+            let b = b.unwrap();
+            b.column(0)
+                .as_primitive::<TimestampNanosecondType>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(times, (3..21).map(|i| T0 + i * SEC).collect::<Vec<_>>());
+    assert_eq!(store.block_cache_stats().misses, s.misses);
 }
 
 #[test]
