@@ -101,14 +101,29 @@ pub(crate) fn encode(stream: SendableRecordBatchStream) -> DoGetStream {
     )
 }
 
-fn encode_one(schema: SchemaRef, batch: Result<RecordBatch>) -> DoGetStream {
-    let batch = batch.map_err(|e| FlightError::Tonic(Box::new(Status::from(e))));
-    Box::pin(
+/// The answer to a metadata DoGet: one built batch.
+fn answer_one<E: Into<Error>>(
+    schema: SchemaRef,
+    batch: std::result::Result<RecordBatch, E>,
+) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(|e| FlightError::Tonic(Box::new(Status::from(e.into()))));
+    Ok(Response::new(Box::pin(
         FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(futures::stream::once(async { batch }))
             .map_err(Status::from),
-    )
+    )))
+}
+
+/// The answer to a metadata GetFlightInfo: the result's schema, and the
+/// command itself as the ticket.
+fn command_info(
+    schema: &Schema,
+    cmd: &impl ProstMessageExt,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = info_for(schema, cmd.as_any().encode_to_vec(), request.into_inner())?;
+    Ok(Response::new(info))
 }
 
 /// A FlightInfo whose one endpoint redeems `ticket` here.
@@ -424,13 +439,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        let info = info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(&query.into_builder().schema(), &query, request)
     }
 
     async fn do_get_catalogs(
@@ -441,10 +450,7 @@ impl FlightSqlService for SqlService {
         let mut b = query.into_builder();
         b.append(wattson_query::CATALOG);
         let schema = b.schema();
-        Ok(Response::new(encode_one(
-            schema,
-            b.build().map_err(Error::from),
-        )))
+        answer_one(schema, b.build())
     }
 
     async fn get_flight_info_schemas(
@@ -452,13 +458,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        let info = info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(&query.clone().into_builder().schema(), &query, request)
     }
 
     async fn do_get_schemas(
@@ -471,10 +471,7 @@ impl FlightSqlService for SqlService {
             b.append(wattson_query::CATALOG, name);
         }
         let schema = b.schema();
-        Ok(Response::new(encode_one(
-            schema,
-            b.build().map_err(Error::from),
-        )))
+        answer_one(schema, b.build())
     }
 
     async fn get_flight_info_tables(
@@ -482,13 +479,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        let info = info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(&query.clone().into_builder().schema(), &query, request)
     }
 
     async fn do_get_tables(
@@ -502,7 +493,7 @@ impl FlightSqlService for SqlService {
             Ok(()) => b.build().map_err(Error::from),
             Err(e) => Err(e),
         };
-        Ok(Response::new(encode_one(schema, built)))
+        answer_one(schema, built)
     }
 
     async fn get_flight_info_table_types(
@@ -510,13 +501,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        let info = info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(&query.into_builder().schema(), &query, request)
     }
 
     async fn do_get_table_types(
@@ -528,10 +513,7 @@ impl FlightSqlService for SqlService {
         b.append("TABLE");
         b.append("VIEW");
         let schema = b.schema();
-        Ok(Response::new(encode_one(
-            schema,
-            b.build().map_err(Error::from),
-        )))
+        answer_one(schema, b.build())
     }
 
     async fn get_flight_info_sql_info(
@@ -539,13 +521,11 @@ impl FlightSqlService for SqlService {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&self.sql_info).schema();
-        let info = info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(
+            &query.clone().into_builder(&self.sql_info).schema(),
+            &query,
+            request,
+        )
     }
 
     async fn do_get_sql_info(
@@ -555,10 +535,7 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<DoGetStream>, Status> {
         let b = query.into_builder(&self.sql_info);
         let schema = b.schema();
-        Ok(Response::new(encode_one(
-            schema,
-            b.build().map_err(Error::from),
-        )))
+        answer_one(schema, b.build())
     }
 
     async fn get_flight_info_xdbc_type_info(
@@ -566,13 +543,11 @@ impl FlightSqlService for SqlService {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder(&self.xdbc_info).schema();
-        let info = info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(
+            &query.into_builder(&self.xdbc_info).schema(),
+            &query,
+            request,
+        )
     }
 
     async fn do_get_xdbc_type_info(
@@ -582,10 +557,7 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<DoGetStream>, Status> {
         let b = query.into_builder(&self.xdbc_info);
         let schema = b.schema();
-        Ok(Response::new(encode_one(
-            schema,
-            b.build().map_err(Error::from),
-        )))
+        answer_one(schema, b.build())
     }
 
     async fn do_get_fallback(
