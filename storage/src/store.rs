@@ -1,7 +1,7 @@
 //! [`Store`]: the durable write path, the partition index and the background
 //! work (sealing, compaction, retention) that keeps it small and fast.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -58,10 +58,15 @@ pub struct StoreOptions {
     /// Memory for decoded column chunks kept for later scans; 0 turns the
     /// cache off.
     pub block_cache_bytes: usize,
-    /// A partition is compacted once it has this many segment files.
+    /// While a partition is being sealed into, the background compaction
+    /// merges this many segment files of similar size into one (a tier).
     pub compact_min_segments: usize,
     /// Upper bound of rows merged in one compaction (bounds its memory).
     pub compact_max_rows: usize,
+    /// A partition that got no new segment for this long (a past month, a
+    /// silent meter) is merged into as few files as `compact_max_rows`
+    /// allows.
+    pub compact_cold_after: Duration,
     /// How often the maintenance thread looks for compaction and retention work.
     pub maintenance_interval: Duration,
     /// Run sealing, compaction and retention in background threads. Tests
@@ -83,6 +88,7 @@ impl Default for StoreOptions {
             block_cache_bytes: crate::segment::default_block_cache_bytes(),
             compact_min_segments: 4,
             compact_max_rows: 1 << 20,
+            compact_cold_after: Duration::from_secs(3600),
             maintenance_interval: Duration::from_secs(10),
             background: true,
         }
@@ -184,6 +190,10 @@ pub(crate) struct Shared {
     /// One sealer at a time: `flush` may run while the background thread does.
     pub(crate) seal_lock: Mutex<()>,
     pub(crate) compact_lock: Mutex<()>,
+    /// When each partition last got a sealed segment (clock time, ns): the
+    /// background compaction merges a partition by tiers while it grows and
+    /// fully once it has gone cold. Lock order: `state`, then this.
+    pub(crate) sealed_at: Mutex<HashMap<PartKey, i64>>,
     /// The last background failure, for health reporting.
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) block_cache: Arc<BlockCache>,
@@ -307,6 +317,7 @@ fn new_shared(dir: &Path, opts: &StoreOptions) -> Arc<Shared> {
         durable_dirs: Mutex::new(Default::default()),
         seal_lock: Mutex::new(()),
         compact_lock: Mutex::new(()),
+        sealed_at: Mutex::new(HashMap::new()),
         last_error: Mutex::new(None),
     })
 }
@@ -773,7 +784,7 @@ impl Store {
     /// the row bound. Returns how many partitions were compacted.
     pub fn compact(&self) -> Result<usize> {
         self.writable("compaction")?;
-        maintenance::compact_all(&self.shared, 2)
+        maintenance::compact_all(&self.shared, maintenance::Policy::Everything)
     }
 
     /// Every partition with its size.

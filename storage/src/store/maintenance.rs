@@ -4,6 +4,7 @@
 //! so a crash at any point leaves either the old files or the new ones
 //! (see `docs/storage-format.md`, "Commit protocol").
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -98,7 +99,10 @@ fn seal_frozen(shared: &Shared, wal: &StoreWal) -> Result<()> {
         let files = sealed.len();
         {
             let mut state = shared.state.write();
+            let now = shared.opts.clock.now_ns();
+            let mut sealed_at = shared.sealed_at.lock();
             for (key, reader) in sealed {
+                sealed_at.insert(key.clone(), now);
                 let segs = state.parts.entry(key).or_default();
                 segs.push(reader);
                 segs.sort_by_key(|s| (s.meta().min_seq, s.meta().max_seq));
@@ -235,24 +239,55 @@ pub(super) fn maintenance_loop(shared: &Shared, wal: &StoreWal) {
         if let Err(e) = enforce_retention(shared, wal) {
             record_error(shared, "retention", &e);
         }
-        if let Err(e) = compact_all(shared, shared.opts.compact_min_segments) {
+        if let Err(e) = compact_all(shared, Policy::Background) {
             record_error(shared, "compaction", &e);
         }
     }
 }
 
-/// Compacts partitions with at least `min_segments` files.
-pub(super) fn compact_all(shared: &Shared, min_segments: usize) -> Result<usize> {
+/// Which runs of segments a compaction pass merges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Policy {
+    /// The maintenance thread. A partition still being sealed into merges
+    /// by size tiers ([`tiered_run`]), so each row is rewritten a few times
+    /// over its month instead of with every seal; one that got no new
+    /// segment for `compact_cold_after` then merges into as few files as
+    /// the row bound allows ([`greedy_run`]), once.
+    Background,
+    /// [`Store::compact`](super::Store::compact): as few files as the row
+    /// bound allows, everywhere, now.
+    Everything,
+}
+
+/// Runs one compaction pass; returns how many runs were merged.
+pub(super) fn compact_all(shared: &Shared, policy: Policy) -> Result<usize> {
     // Two compactions of one run would write the same file name.
     let _one = shared.compact_lock.lock();
+    let now = shared.opts.clock.now_ns();
+    let cold_after = i64::try_from(shared.opts.compact_cold_after.as_nanos()).unwrap_or(i64::MAX);
+    let max_rows = shared.opts.compact_max_rows as u64;
     let candidates: Vec<(PartKey, Vec<Arc<SegmentReader>>)> = {
         let state = shared.state.read();
+        let mut sealed_at = shared.sealed_at.lock();
         state
             .parts
             .iter()
-            .filter(|(_, segs)| segs.len() >= min_segments.max(2))
+            .filter(|(_, segs)| segs.len() >= 2)
             .filter_map(|(key, segs)| {
-                Some((key.clone(), pick_run(segs, shared.opts.compact_max_rows)?))
+                let rows: Vec<u64> = segs.iter().map(|s| s.rows()).collect();
+                // A partition first seen here (after a restart) counts as
+                // just sealed: a restart must not set off a merge of every
+                // partition at once.
+                let last = *sealed_at.entry(key.clone()).or_insert(now);
+                let cold = now.saturating_sub(last) >= cold_after;
+                let run = match policy {
+                    Policy::Everything => greedy_run(&rows, max_rows),
+                    Policy::Background if cold => greedy_run(&rows, max_rows),
+                    Policy::Background => {
+                        tiered_run(&rows, max_rows, shared.opts.compact_min_segments)
+                    }
+                }?;
+                Some((key.clone(), segs[run].to_vec()))
             })
             .collect()
     };
@@ -280,19 +315,43 @@ pub(super) fn compact_all(shared: &Shared, min_segments: usize) -> Result<usize>
 }
 
 /// The first run of at least two consecutive segments whose rows together
-/// fit the bound. Only consecutive files may merge: the merged file takes
-/// their whole sequence range, and recovery treats files inside another
-/// file's range as leftovers of an interrupted compaction.
-fn pick_run(segs: &[Arc<SegmentReader>], max_rows: usize) -> Option<Vec<Arc<SegmentReader>>> {
-    for start in 0..segs.len() {
+/// fit `max_rows`, given each segment's rows, oldest first. Only consecutive
+/// files may merge: the merged file takes their whole sequence range, and
+/// recovery treats files inside another file's range as leftovers of an
+/// interrupted compaction.
+pub(super) fn greedy_run(rows: &[u64], max_rows: u64) -> Option<Range<usize>> {
+    for start in 0..rows.len() {
         let mut total = 0u64;
         let mut end = start;
-        while end < segs.len() && total + segs[end].rows() <= max_rows as u64 {
-            total += segs[end].rows();
+        while end < rows.len() && total + rows[end] <= max_rows {
+            total += rows[end];
             end += 1;
         }
         if end - start >= 2 {
-            return Some(segs[start..end].to_vec());
+            return Some(start..end);
+        }
+    }
+    None
+}
+
+/// A run of at least `min_segments` consecutive segments of similar size
+/// to merge while a partition is still growing, or `None`. From a newest
+/// segment backwards, an older segment joins while it holds no more rows
+/// than the run so far (and the run fits `max_rows`), so files grow in
+/// tiers of about `min_segments` times the one below: a row is rewritten
+/// once per tier, a handful of times per month, not with every seal as a
+/// merge into the one big file would. Smaller stragglers between larger
+/// files join the next run that reaches them.
+pub(super) fn tiered_run(rows: &[u64], max_rows: u64, min_segments: usize) -> Option<Range<usize>> {
+    for end in (0..rows.len()).rev() {
+        let mut total = rows[end];
+        let mut start = end;
+        while start > 0 && rows[start - 1] <= total && total + rows[start - 1] <= max_rows {
+            start -= 1;
+            total += rows[start];
+        }
+        if end + 1 - start >= min_segments.max(2) {
+            return Some(start..end + 1);
         }
     }
     None
@@ -457,10 +516,111 @@ pub(super) fn enforce_retention(shared: &Shared, wal: &StoreWal) -> Result<usize
         }
         let _ = vfs.remove_dir(&dir);
         shared.durable_dirs.lock().remove(&dir);
+        shared
+            .sealed_at
+            .lock()
+            .remove(&(table.clone(), device.clone(), *month));
         if let Some(parent) = dir.parent() {
             vfs.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
         }
         tracing::info!(%table, %device, %month, "retention dropped a month");
     }
     Ok(expired.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const MAX_ROWS: u64 = 1 << 20;
+
+    /// Seals `seals` segments of `rows` each into one partition, merging
+    /// with `pick` after every seal as the maintenance thread would. Returns
+    /// (rows rewritten / rows sealed, most files at once, files at the end).
+    fn month(
+        seals: usize,
+        rows: u64,
+        pick: impl Fn(&[u64]) -> Option<Range<usize>>,
+    ) -> (f64, usize, Vec<u64>) {
+        let (mut segs, mut rewritten, mut most) = (Vec::new(), 0, 0);
+        for _ in 0..seals {
+            segs.push(rows);
+            while let Some(run) = pick(&segs) {
+                let merged: u64 = segs[run.clone()].iter().sum();
+                rewritten += merged;
+                segs.splice(run, [merged]);
+            }
+            most = most.max(segs.len());
+        }
+        (rewritten as f64 / (seals as u64 * rows) as f64, most, segs)
+    }
+
+    #[test]
+    fn a_growing_month_rewrites_each_row_a_few_times_not_with_every_seal() {
+        // A 1 Hz meter sealed every 10 minutes for a 31-day month.
+        let (amplification, most, segs) = month(4464, 600, |s| tiered_run(s, MAX_ROWS, 4));
+        assert!(amplification < 6.0, "{amplification}");
+        assert!(most <= 16, "{most} files at once");
+        assert_eq!(segs.iter().sum::<u64>(), 4464 * 600);
+        // Merging into the first file that still has room, as before tiers,
+        // rewrites the month hundreds of times.
+        let (greedy, _, _) = month(4464, 600, |s| {
+            (s.len() >= 4).then(|| greedy_run(s, MAX_ROWS)).flatten()
+        });
+        assert!(greedy > 300.0, "{greedy}");
+        // Gone cold, the month merges into as few files as the bound allows.
+        let mut segs = segs;
+        while let Some(run) = greedy_run(&segs, MAX_ROWS) {
+            let merged = segs[run.clone()].iter().sum();
+            segs.splice(run, [merged]);
+        }
+        assert!(segs.len() <= 4, "{segs:?}");
+    }
+
+    #[test]
+    fn a_small_straggler_between_larger_files_is_picked_up() {
+        assert_eq!(
+            tiered_run(&[2400, 1000, 1030, 600, 600], MAX_ROWS, 4),
+            Some(0..5)
+        );
+        assert_eq!(
+            tiered_run(&[9600, 1000, 1030, 600, 600], MAX_ROWS, 4),
+            Some(1..5)
+        );
+        assert_eq!(
+            tiered_run(&[600, 600, 600, 600, 10], MAX_ROWS, 4),
+            Some(0..4)
+        );
+        assert_eq!(tiered_run(&[2400, 600, 600, 600], MAX_ROWS, 4), None);
+        assert_eq!(tiered_run(&[MAX_ROWS, 1, 1, 1], MAX_ROWS, 4), None);
+        assert_eq!(greedy_run(&[MAX_ROWS, MAX_ROWS], MAX_ROWS), None);
+        assert_eq!(greedy_run(&[MAX_ROWS, 5, 7], MAX_ROWS), Some(1..3));
+    }
+
+    proptest! {
+        #[test]
+        fn picked_runs_are_consecutive_bounded_and_merging_ends(
+            mut segs in proptest::collection::vec(1u64..5_000, 0..60),
+            max_rows in 1u64..20_000,
+            min_segments in 0usize..6,
+            tiered in any::<bool>(),
+        ) {
+            let pick = |s: &[u64]| if tiered {
+                tiered_run(s, max_rows, min_segments)
+            } else {
+                greedy_run(s, max_rows)
+            };
+            for _ in 0..=60 {
+                let Some(run) = pick(&segs) else { return Ok(()) };
+                let least = if tiered { min_segments.max(2) } else { 2 };
+                prop_assert!(run.end <= segs.len() && run.len() >= least);
+                let merged: u64 = segs[run.clone()].iter().sum();
+                prop_assert!(merged <= max_rows);
+                segs.splice(run, [merged]);
+            }
+            prop_assert!(false, "merging did not end");
+        }
+    }
 }

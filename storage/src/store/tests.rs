@@ -257,6 +257,64 @@ fn last_write_wins_and_late_readings_land_in_their_month() {
 }
 
 #[test]
+fn background_compaction_merges_by_tiers_while_sealing_and_fully_once_cold() {
+    let fs = Arc::new(FaultFs::new());
+    let clock = ManualClock::new(T0);
+    let opts = StoreOptions {
+        clock: Arc::new(clock.clone()),
+        ..test_opts(fs)
+    };
+    let cold_after = opts.compact_cold_after.as_secs() as i64 * SEC;
+    let store = Store::open(DIR, opts.clone()).unwrap();
+    let mut next = 0;
+    let mut seal = |store: &Store, rows: i64| {
+        let batch = (next..next + rows).map(|i| f("m1", T0 + i * SEC, i as f64));
+        store.append(batch.collect()).unwrap();
+        store.flush().unwrap();
+        next += rows;
+    };
+    let background = |store: &Store| {
+        maintenance::compact_all(&store.shared, maintenance::Policy::Background).unwrap()
+    };
+    let files = |store: &Store| -> Vec<u64> {
+        let state = store.shared.state.read();
+        state.parts.values().flatten().map(|s| s.rows()).collect()
+    };
+    for _ in 0..4 {
+        seal(&store, 8);
+    }
+    assert_eq!(background(&store), 1);
+    assert_eq!(files(&store), [32]);
+    for _ in 0..3 {
+        seal(&store, 8);
+    }
+    // Three small files below a larger one: not a tier yet.
+    assert_eq!(background(&store), 0);
+    assert_eq!(files(&store), [32, 8, 8, 8]);
+    clock.advance(cold_after - SEC);
+    assert_eq!(background(&store), 0);
+    // Reopened, the partition counts as just sealed again.
+    drop(store);
+    clock.advance(2 * SEC);
+    let store = Store::open(DIR, opts).unwrap();
+    assert_eq!(background(&store), 0);
+    clock.advance(cold_after);
+    assert_eq!(background(&store), 1, "cold: one merge of everything");
+    assert_eq!(files(&store), [56]);
+    assert_eq!(background(&store), 0);
+    let want: Vec<Row> = (0..56)
+        .map(|i| {
+            (
+                "m1".into(),
+                T0 + i * SEC,
+                vec![Some(format!("{:?}", i as f64))],
+            )
+        })
+        .collect();
+    assert_eq!(all(&store), want);
+}
+
+#[test]
 fn repeated_scans_hit_the_block_cache_and_rewritten_rows_are_never_stale() {
     let (_fs, store) = mem_store();
     let batch = |sign: f64| -> Vec<Reading> {
