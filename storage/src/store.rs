@@ -58,14 +58,14 @@ pub struct StoreOptions {
     /// Memory for decoded column chunks kept for later scans; 0 turns the
     /// cache off.
     pub block_cache_bytes: usize,
-    /// While a partition is being sealed into, the background compaction
-    /// merges this many segment files of similar size into one (a tier).
+    /// While its month runs, the background compaction merges a partition's
+    /// segment files once this many of similar size are in a row (a tier).
     pub compact_min_segments: usize,
     /// Upper bound of rows merged in one compaction (bounds its memory).
     pub compact_max_rows: usize,
-    /// A partition that got no new segment for this long (a past month, a
-    /// silent meter) is merged into as few files as `compact_max_rows`
-    /// allows.
+    /// A partition whose month has been over for this long, and that got
+    /// no new segment for as long, is merged into as few files as
+    /// `compact_max_rows` allows.
     pub compact_cold_after: Duration,
     /// How often the maintenance thread looks for compaction and retention work.
     pub maintenance_interval: Duration,

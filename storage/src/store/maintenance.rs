@@ -248,11 +248,12 @@ pub(super) fn maintenance_loop(shared: &Shared, wal: &StoreWal) {
 /// Which runs of segments a compaction pass merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Policy {
-    /// The maintenance thread. A partition still being sealed into merges
-    /// by size tiers ([`tiered_run`]), so each row is rewritten a few times
-    /// over its month instead of with every seal; one that got no new
-    /// segment for `compact_cold_after` then merges into as few files as
-    /// the row bound allows ([`greedy_run`]), once.
+    /// The maintenance thread. A partition of a running month merges by
+    /// size tiers ([`tiered_run`]), so each row is rewritten a few times
+    /// over the month instead of with every seal. Once its month has been
+    /// over for `compact_cold_after`, and nothing was sealed into it for as
+    /// long (late readings come in bursts), it is merged into as few files
+    /// as the row bound allows ([`greedy_run`]).
     Background,
     /// [`Store::compact`](super::Store::compact): as few files as the row
     /// bound allows, everywhere, now.
@@ -268,18 +269,17 @@ pub(super) fn compact_all(shared: &Shared, policy: Policy) -> Result<usize> {
     let max_rows = shared.opts.compact_max_rows as u64;
     let candidates: Vec<(PartKey, Vec<Arc<SegmentReader>>)> = {
         let state = shared.state.read();
-        let mut sealed_at = shared.sealed_at.lock();
+        let sealed_at = shared.sealed_at.lock();
         state
             .parts
             .iter()
             .filter(|(_, segs)| segs.len() >= 2)
             .filter_map(|(key, segs)| {
                 let rows: Vec<u64> = segs.iter().map(|s| s.rows()).collect();
-                // A partition first seen here (after a restart) counts as
-                // just sealed: a restart must not set off a merge of every
-                // partition at once.
-                let last = *sealed_at.entry(key.clone()).or_insert(now);
-                let cold = now.saturating_sub(last) >= cold_after;
+                let quiet_since = |t: i64| now.saturating_sub(t) >= cold_after;
+                // Not sealed into since this process started: long ago.
+                let cold = quiet_since(key.2.end_ns())
+                    && sealed_at.get(key).is_none_or(|t| quiet_since(*t));
                 let run = match policy {
                     Policy::Everything => greedy_run(&rows, max_rows),
                     Policy::Background if cold => greedy_run(&rows, max_rows),
@@ -336,17 +336,22 @@ pub(super) fn greedy_run(rows: &[u64], max_rows: u64) -> Option<Range<usize>> {
 
 /// A run of at least `min_segments` consecutive segments of similar size
 /// to merge while a partition is still growing, or `None`. From a newest
-/// segment backwards, an older segment joins while it holds no more rows
-/// than the run so far (and the run fits `max_rows`), so files grow in
-/// tiers of about `min_segments` times the one below: a row is rewritten
-/// once per tier, a handful of times per month, not with every seal as a
-/// merge into the one big file would. Smaller stragglers between larger
-/// files join the next run that reaches them.
+/// segment backwards, an older segment joins while it holds at most 1.5
+/// times the rows of the run so far (and the run fits `max_rows`), so files
+/// grow in tiers of about `min_segments` times the one below: a row is
+/// rewritten once per tier, a handful of times per month, not with every
+/// seal as a merge into the one big file would. Smaller stragglers between
+/// larger files join the next run that reaches them; the slack above 1
+/// lets seals that shrink a little each time (a fleet growing within one
+/// buffer) still form runs.
 pub(super) fn tiered_run(rows: &[u64], max_rows: u64, min_segments: usize) -> Option<Range<usize>> {
     for end in (0..rows.len()).rev() {
         let mut total = rows[end];
         let mut start = end;
-        while start > 0 && rows[start - 1] <= total && total + rows[start - 1] <= max_rows {
+        while start > 0
+            && 2 * u128::from(rows[start - 1]) <= 3 * u128::from(total)
+            && total + rows[start - 1] <= max_rows
+        {
             start -= 1;
             total += rows[start];
         }
@@ -502,6 +507,12 @@ pub(super) fn enforce_retention(shared: &Shared, wal: &StoreWal) -> Result<usize
             .filter_map(|k| state.parts.remove(&k).map(|v| (k, v)))
             .collect()
     };
+    {
+        let mut sealed_at = shared.sealed_at.lock();
+        for (key, _) in &expired {
+            sealed_at.remove(key);
+        }
+    }
     let vfs = shared.vfs();
     for ((table, device, month), segs) in &expired {
         for seg in segs {
@@ -516,10 +527,6 @@ pub(super) fn enforce_retention(shared: &Shared, wal: &StoreWal) -> Result<usize
         }
         let _ = vfs.remove_dir(&dir);
         shared.durable_dirs.lock().remove(&dir);
-        shared
-            .sealed_at
-            .lock()
-            .remove(&(table.clone(), device.clone(), *month));
         if let Some(parent) = dir.parent() {
             vfs.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
         }
@@ -536,17 +543,17 @@ mod tests {
 
     const MAX_ROWS: u64 = 1 << 20;
 
-    /// Seals `seals` segments of `rows` each into one partition, merging
-    /// with `pick` after every seal as the maintenance thread would. Returns
+    /// Seals segments of `sizes` rows into one partition, merging with
+    /// `pick` after every seal as the maintenance thread would. Returns
     /// (rows rewritten / rows sealed, most files at once, files at the end).
     fn month(
-        seals: usize,
-        rows: u64,
+        sizes: impl IntoIterator<Item = u64>,
         pick: impl Fn(&[u64]) -> Option<Range<usize>>,
     ) -> (f64, usize, Vec<u64>) {
-        let (mut segs, mut rewritten, mut most) = (Vec::new(), 0, 0);
-        for _ in 0..seals {
+        let (mut segs, mut rewritten, mut sealed, mut most) = (Vec::new(), 0, 0, 0);
+        for rows in sizes {
             segs.push(rows);
+            sealed += rows;
             while let Some(run) = pick(&segs) {
                 let merged: u64 = segs[run.clone()].iter().sum();
                 rewritten += merged;
@@ -554,47 +561,48 @@ mod tests {
             }
             most = most.max(segs.len());
         }
-        (rewritten as f64 / (seals as u64 * rows) as f64, most, segs)
+        (rewritten as f64 / sealed as f64, most, segs)
     }
+
+    fn tiers(segs: &[u64]) -> Option<Range<usize>> {
+        tiered_run(segs, MAX_ROWS, 4)
+    }
+
+    /// A 1 Hz meter sealed every 10 minutes for a 31-day month.
+    const SEALS: usize = 4464;
 
     #[test]
     fn a_growing_month_rewrites_each_row_a_few_times_not_with_every_seal() {
-        // A 1 Hz meter sealed every 10 minutes for a 31-day month.
-        let (amplification, most, segs) = month(4464, 600, |s| tiered_run(s, MAX_ROWS, 4));
+        let (amplification, most, segs) = month(vec![600; SEALS], tiers);
         assert!(amplification < 6.0, "{amplification}");
         assert!(most <= 16, "{most} files at once");
-        assert_eq!(segs.iter().sum::<u64>(), 4464 * 600);
+        assert_eq!(segs.iter().sum::<u64>(), SEALS as u64 * 600);
         // Merging into the first file that still has room, as before tiers,
         // rewrites the month hundreds of times.
-        let (greedy, _, _) = month(4464, 600, |s| {
+        let (greedy, _, _) = month(vec![600; SEALS], |s| {
             (s.len() >= 4).then(|| greedy_run(s, MAX_ROWS)).flatten()
         });
         assert!(greedy > 300.0, "{greedy}");
         // Gone cold, the month merges into as few files as the bound allows.
-        let mut segs = segs;
-        while let Some(run) = greedy_run(&segs, MAX_ROWS) {
-            let merged = segs[run.clone()].iter().sum();
-            segs.splice(run, [merged]);
-        }
-        assert!(segs.len() <= 4, "{segs:?}");
+        let (_, _, cold) = month(segs, |s| greedy_run(s, MAX_ROWS));
+        assert!(cold.len() <= 5, "{cold:?}");
+    }
+
+    #[test]
+    fn seals_that_shrink_a_little_each_time_still_merge() {
+        let shrinking = (0..SEALS as u64).map(|i| 600 - i / 8);
+        let (amplification, most, _) = month(shrinking, tiers);
+        assert!(amplification < 6.0, "{amplification}");
+        assert!(most <= 16, "{most} files at once");
     }
 
     #[test]
     fn a_small_straggler_between_larger_files_is_picked_up() {
-        assert_eq!(
-            tiered_run(&[2400, 1000, 1030, 600, 600], MAX_ROWS, 4),
-            Some(0..5)
-        );
-        assert_eq!(
-            tiered_run(&[9600, 1000, 1030, 600, 600], MAX_ROWS, 4),
-            Some(1..5)
-        );
-        assert_eq!(
-            tiered_run(&[600, 600, 600, 600, 10], MAX_ROWS, 4),
-            Some(0..4)
-        );
-        assert_eq!(tiered_run(&[2400, 600, 600, 600], MAX_ROWS, 4), None);
-        assert_eq!(tiered_run(&[MAX_ROWS, 1, 1, 1], MAX_ROWS, 4), None);
+        assert_eq!(tiers(&[2400, 1000, 1030, 600, 600]), Some(0..5));
+        assert_eq!(tiers(&[9600, 1000, 1030, 600, 600]), Some(1..5));
+        assert_eq!(tiers(&[600, 600, 600, 600, 10]), Some(0..4));
+        assert_eq!(tiers(&[9600, 600, 600, 600]), None);
+        assert_eq!(tiers(&[MAX_ROWS, 1, 1, 1]), None);
         assert_eq!(greedy_run(&[MAX_ROWS, MAX_ROWS], MAX_ROWS), None);
         assert_eq!(greedy_run(&[MAX_ROWS, 5, 7], MAX_ROWS), Some(1..3));
     }
