@@ -83,7 +83,7 @@ fn scan_one_column(c: &mut Criterion) {
     group.sample_size(10);
     // Repeated scans, as dashboards and ML clients make: after the first,
     // chunks come from the block cache.
-    for columns in [&["pa_v"][..], &["time", "pa_v"]] {
+    for columns in [&["pa_v"][..], &["time", "pa_v"], &["device", "pa_v"]] {
         let req = ScanRequest::table(SEED_TABLE).columns(columns.iter().copied());
         group.bench_function(columns.join("+"), |b| {
             b.iter(|| {

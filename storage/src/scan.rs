@@ -14,7 +14,7 @@ use arrow_array::{
     Array, ArrayRef, RecordBatch, RecordBatchOptions, StringArray, TimestampNanosecondArray,
     new_null_array,
 };
-use arrow_buffer::ScalarBuffer;
+use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::catalog::TableDef;
@@ -174,6 +174,9 @@ pub struct Scan {
     metrics: ScanMetrics,
     damaged: Vec<Error>,
     cache: Arc<BlockCache>,
+    /// The `device` column of the latest batch, sliced for the next ones of
+    /// the same device instead of built again for every batch.
+    device_column: Option<StringArray>,
 }
 
 pub(crate) fn snapshot(
@@ -291,6 +294,7 @@ pub(crate) fn snapshot(
         parts: parts.into_values().collect(),
         current: None,
         pending: VecDeque::new(),
+        device_column: None,
         damaged: Vec::new(),
         cache,
     })
@@ -579,10 +583,11 @@ impl Scan {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.out.len());
         let time: ArrayRef =
             Arc::new(TimestampNanosecondArray::new(rows.times, None).with_timezone("UTC"));
+
         for col in &self.out {
             columns.push(match col {
                 OutCol::Time => time.clone(),
-                OutCol::Device => Arc::new(StringArray::from(vec![device; n])),
+                OutCol::Device => Arc::new(repeated(&mut self.device_column, device, n)?),
                 OutCol::Channel(i) => rows.cols[*i]
                     .clone()
                     .unwrap_or_else(|| new_null_array(&self.channels[*i].1.arrow_type(), n)),
@@ -596,6 +601,36 @@ impl Scan {
         )
         .map_err(|e| Error::Internal(format!("building a scan batch failed: {e}")))
     }
+}
+
+/// `device` repeated `n` times, sliced from `last` (the previous batch's
+/// column; a partition's first batch is its largest) when that has the
+/// same device and enough rows, else built from buffers directly: a
+/// month's pull would otherwise copy the id row by row, millions of times.
+fn repeated(last: &mut Option<StringArray>, device: &str, n: usize) -> Result<StringArray> {
+    if let Some(c) = last
+        && c.len() >= n
+        && !c.is_empty()
+        && c.value(0) == device
+    {
+        return Ok(c.slice(0, n));
+    }
+    let rows = n;
+    let column = (|| {
+        let len = i32::try_from(device.len()).ok()?;
+        let count = i32::try_from(rows).ok()?;
+        i32::try_from(rows.checked_mul(device.len())?).ok()?;
+        let offsets = ScalarBuffer::from_iter((0..=count).map(|i| i * len));
+        let values = arrow_buffer::Buffer::from(device.as_bytes().repeat(rows));
+        StringArray::try_new(OffsetBuffer::new(offsets), values, None).ok()
+    })()
+    .ok_or_else(|| {
+        Error::Internal(format!(
+            "{rows} rows of device `{device}` do not fit one string column"
+        ))
+    })?;
+    *last = Some(column.clone());
+    Ok(column.slice(0, n))
 }
 
 impl Iterator for Scan {
@@ -624,5 +659,29 @@ impl Iterator for Scan {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_columns_are_reused_for_the_same_device_and_rebuilt_for_another() {
+        let mut last = None;
+        let a = repeated(&mut last, "viconsl", 3).unwrap();
+        assert_eq!(a.iter().collect::<Vec<_>>(), vec![Some("viconsl"); 3]);
+        let built = last.as_ref().unwrap().values().as_ptr();
+        let again = repeated(&mut last, "viconsl", 70_000).unwrap();
+        assert_eq!(again.len(), 70_000);
+        assert_eq!(again.value(69_999), "viconsl");
+        let bigger = last.as_ref().unwrap().values().as_ptr();
+        assert_ne!(bigger, built, "more rows than kept: built anew");
+        let small = repeated(&mut last, "viconsl", 10).unwrap();
+        assert_eq!(small.values().as_ptr(), bigger, "sliced, not built");
+        let other = repeated(&mut last, "m-2", 2).unwrap();
+        assert_eq!(other.iter().collect::<Vec<_>>(), [Some("m-2"), Some("m-2")]);
+        assert_eq!(repeated(&mut last, "", 4).unwrap().value(3), "");
+        assert_eq!(repeated(&mut last, "x", 0).unwrap().len(), 0);
     }
 }
