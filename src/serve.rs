@@ -34,6 +34,10 @@ seal_interval_s = 600
 # Memory for decoded column blocks kept for repeated reads (MiB); 0 turns it off.
 # Unset: an eighth of the machine's memory, at most 1024.
 # block_cache_mib = 1024
+# Refuse new readings while the disk has less free space than this (MiB), so
+# nothing half-written needs a restart; writes resume once space is freed.
+# 0 turns the check off.
+min_free_mib = 256
 
 [mqtt]
 # Where meters connect (MQTT 3.1.1). Only device accounts may log in here.
@@ -149,6 +153,7 @@ pub struct StorageSection {
     pub group_commit_ms: u64,
     pub seal_interval_s: u64,
     pub block_cache_mib: Option<usize>,
+    pub min_free_mib: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -222,6 +227,7 @@ impl Default for Config {
                 group_commit_ms: 2,
                 seal_interval_s: 600,
                 block_cache_mib: None,
+                min_free_mib: 256,
             },
             mqtt: MqttSection {
                 listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
@@ -420,6 +426,7 @@ pub fn run_with(
                     .map_or_else(wattson_storage::default_block_cache_bytes, |m| {
                         m.saturating_mul(1 << 20)
                     }),
+                min_free_bytes: config.storage.min_free_mib.saturating_mul(1 << 20),
                 ..StoreOptions::default()
             },
         )

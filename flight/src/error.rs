@@ -107,6 +107,8 @@ impl From<Error> for Status {
                 | S::BeyondRetention { .. }
                 | S::UnknownColumn { .. } => Code::InvalidArgument,
                 S::UnknownTable(_) => Code::NotFound,
+                S::DiskFull { .. } => Code::ResourceExhausted,
+                S::WalPoisoned { .. } => Code::Unavailable,
                 _ => Code::Internal,
             },
             Error::Arrow(_) => Code::InvalidArgument,

@@ -14,11 +14,12 @@
 //!   WAL, full disk) the message is not acknowledged and the connection is
 //!   closed; the device resends after reconnecting. `lost_acknowledged` in
 //!   [`MqttStats`] counts violations and must stay 0.
-//! - **A store that can no longer write turns devices away**: once the WAL
-//!   is poisoned ([`Store::write_failure`]), which only a restart cures,
-//!   every PUBLISH (QoS 0 too) closes its connection unstored, and CONNECTs
-//!   are refused with ServiceUnavailable, so meters keep their readings
-//!   queued instead of sending them into a store that drops them.
+//! - **A store that cannot write turns devices away**: while
+//!   [`Store::write_failure`] says why (a poisoned WAL, until a restart; a
+//!   nearly full disk, until space is freed), every PUBLISH (QoS 0 too)
+//!   closes its connection unstored, and CONNECTs are refused with
+//!   ServiceUnavailable, so meters keep their readings queued instead of
+//!   sending them into a store that drops them.
 //! - **A message the device got wrong is acknowledged and dropped**: a
 //!   payload the decoder refuses, or one the store refuses for its content
 //!   (type conflict, retention), is counted, logged (rate-limited per
@@ -64,7 +65,7 @@
 //! SUBACK with Failure for every filter; UNSUBSCRIBE an UNSUBACK. QoS 0
 //! messages go the same way to the store, best effort: nobody is told if
 //! their append fails (counted in `append_failures`), but the next PUBLISH
-//! after a poisoning closes the connection (above).
+//! once the store cannot write closes the connection (above).
 //!
 //! TLS: an optional second listener ([`TlsSettings`], port 8883 by
 //! default) speaks the same protocol inside rustls; the plain listener can

@@ -54,6 +54,13 @@ pub enum Error {
     )]
     WalPoisoned { cause: String },
 
+    /// The disk holding the data directory is nearly full; nothing was
+    /// written. Writes resume by themselves once space is freed.
+    #[error(
+        "only {available} bytes are free on the data directory's disk, less than the {reserve} kept in reserve ([storage] min_free_mib); nothing was written. Free some space (or shorten retention) and writes resume by themselves"
+    )]
+    DiskFull { available: u64, reserve: u64 },
+
     /// An I/O operation failed.
     #[error("I/O error on {path}: {source}")]
     Io {

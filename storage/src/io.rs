@@ -102,6 +102,9 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     /// Takes an exclusive lock on `path` (created if missing). Fails with
     /// [`io::ErrorKind::WouldBlock`] if another owner holds it.
     fn lock(&self, path: &Path) -> io::Result<DirLock>;
+    /// Bytes that unprivileged writers may still use on the file system
+    /// holding `path`.
+    fn available_bytes(&self, path: &Path) -> io::Result<u64>;
 }
 
 /// The real file system.
@@ -232,5 +235,48 @@ impl Vfs for RealFs {
             )),
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
+    }
+
+    #[cfg(unix)]
+    fn available_bytes(&self, path: &Path) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+        // SAFETY: `c_path` is a valid NUL-terminated string and `st` points
+        // to writable memory of the struct's size.
+        if unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: statvfs returned 0, so it filled the struct.
+        let st = unsafe { st.assume_init() };
+        #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+
+    #[cfg(not(unix))]
+    fn available_bytes(&self, _path: &Path) -> io::Result<u64> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "free space is only known on unix",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn real_free_space_is_read_and_a_missing_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = RealFs.available_bytes(dir.path()).unwrap();
+        assert!(free > 0);
+        let missing = dir.path().join("not-here");
+        assert_eq!(
+            RealFs.available_bytes(&missing).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
     }
 }

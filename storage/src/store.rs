@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,11 @@ pub struct StoreOptions {
     pub compact_min_segments: usize,
     /// Upper bound of rows merged in one compaction (bounds its memory).
     pub compact_max_rows: usize,
+    /// Appends are refused with [`Error::DiskFull`] while the data
+    /// directory's disk has less free space than this, so the WAL never
+    /// meets ENOSPC (which poisons it until a restart) and sealing and
+    /// compaction keep room to work. 0 turns the check off.
+    pub min_free_bytes: u64,
     /// A partition whose month has been over for this long, and that got
     /// no new segment for as long, is merged into as few files as
     /// `compact_max_rows` allows.
@@ -89,6 +94,7 @@ impl Default for StoreOptions {
             compact_min_segments: 4,
             compact_max_rows: 1 << 20,
             compact_cold_after: Duration::from_secs(3600),
+            min_free_bytes: 256 << 20,
             maintenance_interval: Duration::from_secs(10),
             background: true,
         }
@@ -194,12 +200,74 @@ pub(crate) struct Shared {
     /// background compaction merges a partition by tiers while it grows and
     /// fully once it has gone cold. Lock order: `state`, then this.
     pub(crate) sealed_at: Mutex<HashMap<PartKey, i64>>,
+    pub(crate) disk: DiskGuard,
     /// The last background failure, for health reporting.
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) block_cache: Arc<BlockCache>,
 }
 
+/// Keeps appends off a nearly full disk. The free space is asked of the
+/// file system at most once a second of the store's clock: ingest asks for
+/// every message.
+#[derive(Debug)]
+pub(crate) struct DiskGuard {
+    /// Clock time of the last look.
+    checked_at: AtomicI64,
+    /// The free bytes then, if below the reserve; `u64::MAX` otherwise.
+    short: AtomicU64,
+}
+
+impl Default for DiskGuard {
+    fn default() -> Self {
+        DiskGuard {
+            checked_at: AtomicI64::new(i64::MIN),
+            short: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+const DISK_CHECK_NS: i64 = 1_000_000_000;
+
 impl Shared {
+    /// The free bytes, if fewer than `min_free_bytes` are left.
+    fn disk_short(&self) -> Option<u64> {
+        let reserve = self.opts.min_free_bytes;
+        if reserve == 0 {
+            return None;
+        }
+        let guard = &self.disk;
+        let now = self.opts.clock.now_ns();
+        let last = guard.checked_at.load(Ordering::Acquire);
+        let stale = now < last || now.saturating_sub(last) >= DISK_CHECK_NS;
+        // One caller looks; the others use what it found last time.
+        if stale
+            && guard
+                .checked_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let short = match self.vfs().available_bytes(&self.dir) {
+                Ok(free) if free < reserve => {
+                    if guard.short.load(Ordering::Acquire) == u64::MAX {
+                        tracing::error!(free, reserve, dir = %self.dir.display(), "disk nearly full: refusing writes until space is freed");
+                    }
+                    free
+                }
+                Ok(_) => {
+                    if guard.short.load(Ordering::Acquire) != u64::MAX {
+                        tracing::info!(dir = %self.dir.display(), "disk space freed: accepting writes again");
+                    }
+                    u64::MAX
+                }
+                // Unknown (an unusual file system): do not block writes on it.
+                Err(_) => u64::MAX,
+            };
+            guard.short.store(short, Ordering::Release);
+        }
+        let short = guard.short.load(Ordering::Acquire);
+        (short != u64::MAX).then_some(short)
+    }
+
     pub(crate) fn vfs(&self) -> &dyn Vfs {
         self.opts.vfs.as_ref()
     }
@@ -318,6 +386,7 @@ fn new_shared(dir: &Path, opts: &StoreOptions) -> Arc<Shared> {
         seal_lock: Mutex::new(()),
         compact_lock: Mutex::new(()),
         sealed_at: Mutex::new(HashMap::new()),
+        disk: DiskGuard::default(),
         last_error: Mutex::new(None),
     })
 }
@@ -558,6 +627,9 @@ impl Store {
         }
         if let Some(cause) = wal.is_poisoned() {
             return Err(Error::WalPoisoned { cause });
+        }
+        if let Some(full) = self.disk_full() {
+            return Err(full);
         }
         let prepared = {
             let mut catalog = self.shared.catalog.lock();
@@ -879,13 +951,25 @@ impl Store {
         segs.iter().filter_map(|s| s.verify().err()).collect()
     }
 
-    /// Why no append can succeed until the store is reopened: the I/O
-    /// failure that poisoned the write-ahead log (after a failed fsync the
-    /// page cache cannot be trusted, see `facts.md`). `None` while appends
-    /// can succeed, and on a read-only store, which refuses them anyway.
-    /// Cheap: ingest asks for every message.
+    /// Why appends fail now, for everyone: the I/O failure that poisoned
+    /// the write-ahead log (until the store is reopened: after a failed
+    /// fsync the page cache cannot be trusted, see `facts.md`), or a nearly
+    /// full disk (until space is freed). `None` while appends can succeed,
+    /// and on a read-only store, which refuses them anyway. Cheap: ingest
+    /// asks for every message.
     pub fn write_failure(&self) -> Option<String> {
-        self.wal.as_ref().and_then(|w| w.is_poisoned())
+        let wal = self.wal.as_ref()?;
+        if let Some(cause) = wal.is_poisoned() {
+            return Some(Error::WalPoisoned { cause }.to_string());
+        }
+        self.disk_full().map(|e| e.to_string())
+    }
+
+    fn disk_full(&self) -> Option<Error> {
+        self.shared.disk_short().map(|available| Error::DiskFull {
+            available,
+            reserve: self.shared.opts.min_free_bytes,
+        })
     }
 
     /// The most recent failure of background work (sealing, compaction,

@@ -158,7 +158,7 @@ impl<S: Stream> Conn<'_, S> {
         // Accepting would only lose what the device sends next; refused, a
         // meter keeps its readings queued and retries.
         if let Some(cause) = self.shared.deps.store.write_failure() {
-            let why = format!("the store accepts no writes until wattson is restarted ({cause})");
+            let why = format!("the store accepts no writes: {cause}");
             return self
                 .refuse(ConnectReturnCode::ServiceUnavailable, &why)
                 .await;
@@ -344,7 +344,8 @@ impl<S: Stream> Conn<'_, S> {
             return Err(Close::Acl);
         };
         // Checked for QoS 0 as well, which hears of no failed append: the
-        // closed connection tells the device, whose reconnect is refused.
+        // closed connection tells the device, whose reconnects are refused
+        // until the store can write again.
         if deps.store.write_failure().is_some() {
             MqttStats::inc(&stats.append_failures);
             return Err(Close::AppendFailed);

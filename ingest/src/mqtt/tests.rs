@@ -372,6 +372,61 @@ async fn a_failed_fsync_is_never_acknowledged_and_then_devices_are_turned_away()
     env.server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_disk_turns_devices_away_until_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(FaultFs::new());
+    let clock = wattson_storage::clock::ManualClock::new(1_658_244_261_000_000_000);
+    let opts = StoreOptions {
+        vfs: fs.clone(),
+        clock: Arc::new(clock.clone()),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(Path::new("/small-disk"), opts).unwrap();
+    let env = Env::with_store(dir, store).await;
+    let secret = env.device("m1");
+    let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
+    connect(&mut ev).await.unwrap();
+    publish_n(&client, "meters/m1/power", 1).await;
+    pubacks(&mut ev, 1).await;
+
+    fs.set_available(Some(4096));
+    clock.advance(1_000_000_000);
+    let c = client.clone();
+    tokio::spawn(async move {
+        let _ = c
+            .publish("meters/m1/power", QoS::AtLeastOnce, false, reading(1))
+            .await;
+    });
+    assert_eq!(
+        until_closed(&mut ev, WAIT).await,
+        Some(0),
+        "no PUBACK, then close"
+    );
+    let (_c, mut refused) = env.client("m1", Some(("m1", &secret)));
+    match connect(&mut refused).await {
+        Err(ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, ConnectReturnCode::ServiceUnavailable)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(env.stored("m1").len(), 1);
+
+    // Space freed: the same device comes back and its resend is stored.
+    fs.set_available(None);
+    clock.advance(1_000_000_000);
+    let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
+    connect(&mut ev).await.unwrap();
+    client
+        .publish("meters/m1/power", QoS::AtLeastOnce, false, reading(1))
+        .await
+        .unwrap();
+    pubacks(&mut ev, 1).await;
+    assert_eq!(env.stored("m1").len(), 2);
+    assert_eq!(env.stats().lost_acknowledged, 0);
+    env.server.shutdown().await;
+}
+
 /// Writes `bytes` on a fresh socket and expects the server to close it.
 async fn closed_after(addr: SocketAddr, bytes: &[u8]) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -109,6 +109,8 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     durable_dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
+    /// What `available_bytes` reports; `None` for plenty.
+    available: Option<u64>,
 }
 
 fn power_loss_error() -> io::Error {
@@ -255,6 +257,12 @@ impl FaultFs {
         let fs = Self::new();
         fs.set_plan(plan);
         fs
+    }
+
+    /// Sets the free space `available_bytes` reports (`None`: plenty).
+    /// Writes are not limited by it; `FaultPlan` fails them.
+    pub fn set_available(&self, bytes: Option<u64>) {
+        self.state().available = bytes;
     }
 
     /// Replaces the plan; its counts start from now.
@@ -557,5 +565,9 @@ impl Vfs for FaultFs {
             state: self.state.clone(),
             path: path.to_path_buf(),
         })))
+    }
+
+    fn available_bytes(&self, _path: &Path) -> io::Result<u64> {
+        Ok(self.state().available.unwrap_or(u64::MAX))
     }
 }

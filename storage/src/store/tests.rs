@@ -466,6 +466,53 @@ fn scans_prune_by_device_time_and_projection() {
 }
 
 #[test]
+fn a_nearly_full_disk_refuses_appends_until_space_is_freed() {
+    let fs = Arc::new(FaultFs::new());
+    let clock = ManualClock::new(T0);
+    let opts = StoreOptions {
+        clock: Arc::new(clock.clone()),
+        min_free_bytes: 1 << 20,
+        ..test_opts(fs.clone())
+    };
+    let store = Store::open(DIR, opts.clone()).unwrap();
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    assert_eq!(store.write_failure(), None);
+    fs.set_available(Some(1000));
+    // The free space is looked up at most once a second.
+    store.append(vec![f("m1", T0 + SEC, 2.0)]).unwrap();
+    clock.advance(SEC);
+    let err = store.append(vec![f("m1", T0 + 2 * SEC, 3.0)]).unwrap_err();
+    assert!(
+        matches!(err, Error::DiskFull { available: 1000, reserve } if reserve == 1 << 20),
+        "{err}"
+    );
+    assert!(err.to_string().contains("min_free_mib"), "{err}");
+    let why = store.write_failure().unwrap();
+    assert!(why.contains("1000 bytes are free"), "{why}");
+    // Sealing and scans go on; the refused reading was not written.
+    store.flush().unwrap();
+    assert_eq!(all(&store).len(), 2);
+    fs.set_available(Some(2 << 20));
+    clock.advance(SEC);
+    assert_eq!(store.write_failure(), None);
+    store.append(vec![f("m1", T0 + 2 * SEC, 3.0)]).unwrap();
+    assert_eq!(all(&store).len(), 3);
+    drop(store);
+    // 0 turns the check off.
+    fs.set_available(Some(0));
+    let store = Store::open(
+        DIR,
+        StoreOptions {
+            min_free_bytes: 0,
+            ..opts
+        },
+    )
+    .unwrap();
+    store.append(vec![f("m1", T0 + 3 * SEC, 4.0)]).unwrap();
+    assert_eq!(store.write_failure(), None);
+}
+
+#[test]
 fn retention_drops_whole_months_and_rejects_old_readings() {
     let fs = Arc::new(FaultFs::new());
     let clock = ManualClock::new(T0);

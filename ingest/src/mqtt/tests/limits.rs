@@ -109,6 +109,9 @@ impl Vfs for StallFs {
     fn lock(&self, path: &Path) -> io::Result<DirLock> {
         RealFs.lock(path)
     }
+    fn available_bytes(&self, path: &Path) -> io::Result<u64> {
+        RealFs.available_bytes(path)
+    }
 }
 
 /// Polls the event loop for `within`, counting PUBACKs; panics if the

@@ -95,6 +95,9 @@ impl Vfs for Recording {
     fn lock(&self, path: &Path) -> io::Result<DirLock> {
         RealFs.lock(path)
     }
+    fn available_bytes(&self, path: &Path) -> io::Result<u64> {
+        RealFs.available_bytes(path)
+    }
 }
 
 fn attempt(

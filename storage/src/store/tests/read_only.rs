@@ -398,6 +398,9 @@ impl Vfs for HookFs {
     fn lock(&self, path: &Path) -> std::io::Result<DirLock> {
         self.inner.lock(path)
     }
+    fn available_bytes(&self, path: &Path) -> std::io::Result<u64> {
+        self.inner.available_bytes(path)
+    }
 }
 
 /// A writer with one sealed batch and one batch only in the WAL, and a
