@@ -313,37 +313,60 @@ async fn a_bad_payload_is_acknowledged_refused_and_reported() {
     env.server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_fsync_is_never_acknowledged_and_then_devices_are_turned_away() {
-    let dir = tempfile::tempdir().unwrap();
+/// A server whose store lives on an in-memory disk that tests can fail,
+/// with device m1 connected and one reading of it stored and acknowledged.
+async fn on_fault_fs(
+    clock: Arc<dyn wattson_storage::clock::Clock>,
+) -> (Env, Arc<FaultFs>, String, AsyncClient, EventLoop) {
     let fs = Arc::new(FaultFs::new());
     let opts = StoreOptions {
         vfs: fs.clone(),
+        clock,
         ..StoreOptions::default()
     };
     let store = Store::open(Path::new("/faulty"), opts).unwrap();
-    let env = Env::with_store(dir, store).await;
+    let env = Env::with_store(tempfile::tempdir().unwrap(), store).await;
     let secret = env.device("m1");
     let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
     connect(&mut ev).await.unwrap();
     publish_n(&client, "meters/m1/power", 1).await;
     pubacks(&mut ev, 1).await;
+    (env, fs, secret, client, ev)
+}
+
+/// Publishes a QoS 1 reading that the server must neither acknowledge nor
+/// store: it closes the connection instead.
+async fn published_then_closed(client: &AsyncClient, ev: &mut EventLoop, topic: &'static str) {
+    let c = client.clone();
+    tokio::spawn(async move {
+        let _ = c.publish(topic, QoS::AtLeastOnce, false, reading(1)).await;
+    });
+    assert_eq!(
+        until_closed(ev, WAIT).await,
+        Some(0),
+        "no PUBACK, then close"
+    );
+}
+
+/// A fresh login of device `id` is refused with `code`.
+async fn login_refused(env: &Env, id: &str, secret: &str, code: ConnectReturnCode) {
+    let (_c, mut ev) = env.client(id, Some((id, secret)));
+    match connect(&mut ev).await {
+        Err(ConnectionError::ConnectionRefused(got)) => assert_eq!(got, code, "{id}"),
+        other => panic!("{id}: expected refusal {code:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_is_never_acknowledged_and_then_devices_are_turned_away() {
+    let (env, fs, secret, client, mut ev) =
+        on_fault_fs(Arc::new(wattson_storage::clock::SystemClock)).await;
     let quiet_secret = env.device("m2");
     let (quiet, mut quiet_ev) = env.client("m2", Some(("m2", &quiet_secret)));
     connect(&mut quiet_ev).await.unwrap();
 
     fs.set_plan(FaultPlan::default().fail_sync_after(0));
-    let c = client.clone();
-    tokio::spawn(async move {
-        let _ = c
-            .publish("meters/m1/power", QoS::AtLeastOnce, false, reading(1))
-            .await;
-    });
-    assert_eq!(
-        until_closed(&mut ev, WAIT).await,
-        Some(0),
-        "no PUBACK, then close"
-    );
+    published_then_closed(&client, &mut ev, "meters/m1/power").await;
     let s = env.stats();
     assert_eq!((s.pubacks_sent, s.append_failures), (1, 1));
     assert_eq!(s.lost_acknowledged, 0);
@@ -360,13 +383,7 @@ async fn a_failed_fsync_is_never_acknowledged_and_then_devices_are_turned_away()
     assert_eq!(env.stats().append_failures, 2);
     // ...and reconnecting devices are told to come back later.
     for (id, secret) in [("m1", &secret), ("m2", &quiet_secret)] {
-        let (_c, mut ev) = env.client(id, Some((id, secret)));
-        match connect(&mut ev).await {
-            Err(ConnectionError::ConnectionRefused(code)) => {
-                assert_eq!(code, ConnectReturnCode::ServiceUnavailable, "{id}")
-            }
-            other => panic!("{id}: expected a refusal, got {other:?}"),
-        }
+        login_refused(&env, id, secret, ConnectReturnCode::ServiceUnavailable).await;
     }
     assert!(env.stored("m2").is_empty());
     env.server.shutdown().await;
@@ -374,42 +391,13 @@ async fn a_failed_fsync_is_never_acknowledged_and_then_devices_are_turned_away()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nearly_full_disk_turns_devices_away_until_space_is_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(FaultFs::new());
     let clock = wattson_storage::clock::ManualClock::new(1_658_244_261_000_000_000);
-    let opts = StoreOptions {
-        vfs: fs.clone(),
-        clock: Arc::new(clock.clone()),
-        ..StoreOptions::default()
-    };
-    let store = Store::open(Path::new("/small-disk"), opts).unwrap();
-    let env = Env::with_store(dir, store).await;
-    let secret = env.device("m1");
-    let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
-    connect(&mut ev).await.unwrap();
-    publish_n(&client, "meters/m1/power", 1).await;
-    pubacks(&mut ev, 1).await;
+    let (env, fs, secret, client, mut ev) = on_fault_fs(Arc::new(clock.clone())).await;
 
     fs.set_available(Some(4096));
     clock.advance(1_000_000_000);
-    let c = client.clone();
-    tokio::spawn(async move {
-        let _ = c
-            .publish("meters/m1/power", QoS::AtLeastOnce, false, reading(1))
-            .await;
-    });
-    assert_eq!(
-        until_closed(&mut ev, WAIT).await,
-        Some(0),
-        "no PUBACK, then close"
-    );
-    let (_c, mut refused) = env.client("m1", Some(("m1", &secret)));
-    match connect(&mut refused).await {
-        Err(ConnectionError::ConnectionRefused(code)) => {
-            assert_eq!(code, ConnectReturnCode::ServiceUnavailable)
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    published_then_closed(&client, &mut ev, "meters/m1/power").await;
+    login_refused(&env, "m1", &secret, ConnectReturnCode::ServiceUnavailable).await;
     assert_eq!(env.stored("m1").len(), 1);
 
     // Space freed: the same device comes back and its resend is stored.
