@@ -166,3 +166,55 @@ async fn results_stream_in_batches_and_prepared_statements_are_bounded() {
     assert_eq!(f.store.partitions().len(), 1);
     f.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_is_complete_at_once_and_its_tickets_redeem() {
+    let f = fixture(4).await;
+    let ch = channel(&f).await;
+    let bearer = login(ch.clone()).await;
+    let mut client = FlightServiceClient::new(ch);
+    let with_token = |descriptor: FlightDescriptor| {
+        let mut req = tonic::Request::new(descriptor);
+        req.metadata_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        req
+    };
+    let plain = FlightDescriptor::new_cmd(br#"{"table":"power","devices":["m1"]}"#.to_vec());
+    for descriptor in [statement("SELECT count(*) AS n FROM power"), plain] {
+        let poll = client
+            .poll_flight_info(with_token(descriptor.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            poll.flight_descriptor, None,
+            "complete: nothing to poll again"
+        );
+        assert_eq!(poll.progress, Some(1.0));
+        let info = poll.info.unwrap();
+        let expected = client
+            .get_flight_info(with_token(descriptor))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.schema, expected.schema);
+        assert_eq!(info.endpoint.len(), expected.endpoint.len());
+        let mut req = tonic::Request::new(info.endpoint[0].ticket.clone().unwrap());
+        req.metadata_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        let frames: Vec<_> = client
+            .do_get(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .collect()
+            .await;
+        assert!(frames.len() >= 2 && frames.iter().all(|f| f.is_ok()));
+    }
+    let err = client
+        .poll_flight_info(tonic::Request::new(statement("SELECT 1")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    f.server.shutdown().await.unwrap();
+}
