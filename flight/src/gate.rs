@@ -119,8 +119,8 @@ impl FlightService for Gate {
 
     /// Queries are planned when asked and run as their tickets are
     /// redeemed, so a poll is complete at once: GetFlightInfo's answer, with
-    /// no descriptor to poll again (what clients in incremental mode, such
-    /// as ADBC's `adbc.statement.exec.incremental`, expect of a fast query).
+    /// no descriptor to poll again (the protocol's answer for a query that
+    /// is done).
     async fn poll_flight_info(
         &self,
         request: Request<FlightDescriptor>,
