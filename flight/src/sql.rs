@@ -36,6 +36,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
@@ -53,8 +54,9 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send 
 struct Prepared {
     owner: String,
     sql: String,
-    /// Bound by the last `DoPut` of parameters; empty until then.
-    params: Vec<ScalarValue>,
+    /// Rows of parameters bound by the last `DoPut`; empty until then.
+    /// Each row runs the statement once.
+    params: Vec<Vec<ScalarValue>>,
     created: Instant,
 }
 
@@ -156,7 +158,7 @@ impl SqlService {
     }
 
     /// The SQL and bound parameters of the caller's prepared statement.
-    fn lookup(&self, who: &Principal, handle: &[u8]) -> Result<(String, Vec<ScalarValue>)> {
+    fn lookup(&self, who: &Principal, handle: &[u8]) -> Result<(String, Vec<Vec<ScalarValue>>)> {
         let handle = std::str::from_utf8(handle).unwrap_or_default();
         let map = self.prepared.lock();
         match map.get(handle) {
@@ -167,7 +169,7 @@ impl SqlService {
         }
     }
 
-    fn bind(&self, who: &Principal, handle: &[u8], params: Vec<ScalarValue>) -> Result<()> {
+    fn bind(&self, who: &Principal, handle: &[u8], params: Vec<Vec<ScalarValue>>) -> Result<()> {
         let handle = std::str::from_utf8(handle).unwrap_or_default();
         let mut map = self.prepared.lock();
         match map.get_mut(handle) {
@@ -183,10 +185,38 @@ impl SqlService {
         let stream = self.deps.engine.stream_with_params(sql, params).await?;
         Ok(encode(stream))
     }
+
+    /// Runs `sql` once per row of parameters, in order, as one result: the
+    /// protocol executes every bound parameter set. Each run is planned when
+    /// the previous one has finished streaming.
+    async fn stream_rows(&self, sql: &str, rows: Vec<Vec<ScalarValue>>) -> Result<DoGetStream> {
+        let mut rows = rows.into_iter();
+        let first = self
+            .deps
+            .engine
+            .stream_with_params(sql, rows.next().unwrap_or_default())
+            .await?;
+        let schema = first.schema();
+        let (engine, sql) = (self.deps.engine.clone(), sql.to_owned());
+        let rest = futures::stream::iter(rows)
+            .then(move |params| {
+                let (engine, sql) = (engine.clone(), sql.clone());
+                async move { engine.stream_with_params(&sql, params).await }
+            })
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+            .try_flatten();
+        Ok(encode(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            first.chain(rest),
+        ))))
+    }
 }
 
-/// The first row of the parameter batches, one value per column.
-async fn read_params(stream: PeekableFlightDataStream) -> Result<Vec<ScalarValue>> {
+/// Most rows of parameters one execution binds: each row is a query.
+const MAX_PARAMETER_ROWS: usize = 1_000;
+
+/// The rows of the parameter batches, one value per column.
+async fn read_params(stream: PeekableFlightDataStream) -> Result<Vec<Vec<ScalarValue>>> {
     let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
         stream.map_err(FlightError::from),
     );
@@ -194,10 +224,10 @@ async fn read_params(stream: PeekableFlightDataStream) -> Result<Vec<ScalarValue
     while let Some(batch) = batches.next().await {
         let batch = batch.map_err(|e| Error::InvalidArgument(format!("parameters: {e}")))?;
         for row in 0..batch.num_rows() {
-            if !rows.is_empty() {
-                return Err(Error::InvalidArgument(
-                    "bind one row of parameters per execution".into(),
-                ));
+            if rows.len() == MAX_PARAMETER_ROWS {
+                return Err(Error::InvalidArgument(format!(
+                    "more than {MAX_PARAMETER_ROWS} rows of parameters; each row runs the query once, so bind fewer or put the values in the query (IN (...), or a join)"
+                )));
             }
             let values = batch
                 .columns()
@@ -208,7 +238,7 @@ async fn read_params(stream: PeekableFlightDataStream) -> Result<Vec<ScalarValue
             rows.push(values);
         }
     }
-    Ok(rows.pop().unwrap_or_default())
+    Ok(rows)
 }
 
 #[tonic::async_trait]
@@ -263,9 +293,10 @@ impl FlightSqlService for SqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let who = principal(&request)?;
-        let (sql, params) = self.lookup(&who, &cmd.prepared_statement_handle)?;
+        let (sql, rows) = self.lookup(&who, &cmd.prepared_statement_handle)?;
         let mut plan = self.deps.engine.plan(&sql).await.map_err(Error::from)?;
-        if !params.is_empty() {
+        // Every row gives the same columns: the first one tells.
+        if let Some(params) = rows.into_iter().next().filter(|p| !p.is_empty()) {
             plan = plan.with_param_values(params).map_err(from_datafusion)?;
         }
         let schema = plan.schema().as_arrow().clone();
@@ -279,9 +310,9 @@ impl FlightSqlService for SqlService {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let who = principal(&request)?;
-        let (sql, params) = self.lookup(&who, &cmd.prepared_statement_handle)?;
-        tracing::info!(user = %who.user, sql = %sql, "flight sql prepared query");
-        Ok(Response::new(self.stream_sql(&sql, params).await?))
+        let (sql, rows) = self.lookup(&who, &cmd.prepared_statement_handle)?;
+        tracing::info!(user = %who.user, sql = %sql, parameter_rows = rows.len(), "flight sql prepared query");
+        Ok(Response::new(self.stream_rows(&sql, rows).await?))
     }
 
     async fn do_action_create_prepared_statement(

@@ -218,3 +218,56 @@ async fn a_poll_is_complete_at_once_and_its_tickets_redeem() {
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     f.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bound_parameter_row_runs_the_statement_once() {
+    use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    let f = fixture(4).await;
+    let mut sql = FlightSqlServiceClient::new(channel(&f).await);
+    sql.handshake("ana", "ana-password-123").await.unwrap();
+    let mut prepared = sql
+        .prepare("SELECT count(*) AS n FROM power WHERE w > $1".into(), None)
+        .await
+        .unwrap();
+    let params = |values: Vec<f64>| {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "$1",
+            DataType::Float64,
+            false,
+        )]));
+        RecordBatch::try_new(schema, vec![Arc::new(Float64Array::from(values))]).unwrap()
+    };
+    let counts = |sql: FlightSqlServiceClient<Channel>, info: arrow_flight::FlightInfo| async move {
+        let mut sql = sql;
+        let ticket = info.endpoint[0].ticket.clone().unwrap();
+        let batches: Vec<_> = sql.do_get(ticket).await.unwrap().collect().await;
+        batches
+            .into_iter()
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let n = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .clone();
+                (0..n.len()).map(move |i| n.value(i))
+            })
+            .collect::<Vec<i64>>()
+    };
+    // w runs from 0 to 9,999: one count per row, in the rows' order.
+    prepared
+        .set_parameters(params(vec![9_000.0, 5_000.0, 20_000.0]))
+        .unwrap();
+    let info = prepared.execute().await.unwrap();
+    assert_eq!(counts(sql.clone(), info).await, [999, 4_999, 0]);
+    prepared.set_parameters(params(vec![9_998.0])).unwrap();
+    let info = prepared.execute().await.unwrap();
+    assert_eq!(counts(sql.clone(), info).await, [1]);
+    prepared.set_parameters(params(vec![1.0; 1_001])).unwrap();
+    let err = prepared.execute().await.unwrap_err().to_string();
+    assert!(err.contains("more than 1000 rows of parameters"), "{err}");
+    f.server.shutdown().await.unwrap();
+}
