@@ -123,10 +123,5 @@ impl From<Error> for Status {
 
 /// A DataFusion error inside a result stream, as the user should read it.
 pub(crate) fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
-    if let datafusion::error::DataFusionError::External(inner) = &e
-        && let Some(wattson_query::Error::Timeout(d)) = inner.downcast_ref::<wattson_query::Error>()
-    {
-        return Error::Query(wattson_query::Error::Timeout(*d));
-    }
-    Error::Query(wattson_query::Error::from(e))
+    Error::Query(wattson_query::from_stream_error(e))
 }

@@ -36,7 +36,6 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
@@ -181,34 +180,8 @@ impl SqlService {
         }
     }
 
-    async fn stream_sql(&self, sql: &str, params: Vec<ScalarValue>) -> Result<DoGetStream> {
-        let stream = self.deps.engine.stream_with_params(sql, params).await?;
-        Ok(encode(stream))
-    }
-
-    /// Runs `sql` once per row of parameters, in order, as one result: the
-    /// protocol executes every bound parameter set. Each run is planned when
-    /// the previous one has finished streaming.
-    async fn stream_rows(&self, sql: &str, rows: Vec<Vec<ScalarValue>>) -> Result<DoGetStream> {
-        let mut rows = rows.into_iter();
-        let first = self
-            .deps
-            .engine
-            .stream_with_params(sql, rows.next().unwrap_or_default())
-            .await?;
-        let schema = first.schema();
-        let (engine, sql) = (self.deps.engine.clone(), sql.to_owned());
-        let rest = futures::stream::iter(rows)
-            .then(move |params| {
-                let (engine, sql) = (engine.clone(), sql.clone());
-                async move { engine.stream_with_params(&sql, params).await }
-            })
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
-            .try_flatten();
-        Ok(encode(Box::pin(RecordBatchStreamAdapter::new(
-            schema,
-            first.chain(rest),
-        ))))
+    async fn stream_sql(&self, sql: &str) -> Result<DoGetStream> {
+        Ok(encode(self.deps.engine.stream(sql).await?))
     }
 }
 
@@ -284,7 +257,7 @@ impl FlightSqlService for SqlService {
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Error::InvalidArgument("the statement ticket is not UTF-8".into()))?;
         tracing::info!(user = %who.user, sql = %sql, "flight sql query");
-        Ok(Response::new(self.stream_sql(&sql, Vec::new()).await?))
+        Ok(Response::new(self.stream_sql(&sql).await?))
     }
 
     async fn get_flight_info_prepared_statement(
@@ -294,12 +267,17 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<FlightInfo>, Status> {
         let who = principal(&request)?;
         let (sql, rows) = self.lookup(&who, &cmd.prepared_statement_handle)?;
+        let several = rows.len() > 1;
         let mut plan = self.deps.engine.plan(&sql).await.map_err(Error::from)?;
-        // Every row gives the same columns: the first one tells.
+        // Every row gives the same columns: the first one tells, and with
+        // several any may be null (as `stream_with_param_rows` streams them).
         if let Some(params) = rows.into_iter().next().filter(|p| !p.is_empty()) {
             plan = plan.with_param_values(params).map_err(from_datafusion)?;
         }
-        let schema = plan.schema().as_arrow().clone();
+        let mut schema = plan.schema().as_arrow().clone();
+        if several {
+            schema = wattson_query::nullable(&schema);
+        }
         let info = info_for(&schema, cmd.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
     }
@@ -312,7 +290,13 @@ impl FlightSqlService for SqlService {
         let who = principal(&request)?;
         let (sql, rows) = self.lookup(&who, &cmd.prepared_statement_handle)?;
         tracing::info!(user = %who.user, sql = %sql, parameter_rows = rows.len(), "flight sql prepared query");
-        Ok(Response::new(self.stream_rows(&sql, rows).await?))
+        let stream = self
+            .deps
+            .engine
+            .stream_with_param_rows(&sql, rows)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(encode(stream)))
     }
 
     async fn do_action_create_prepared_statement(

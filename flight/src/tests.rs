@@ -221,7 +221,9 @@ async fn a_poll_is_complete_at_once_and_its_tickets_redeem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bound_parameter_row_runs_the_statement_once() {
-    use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch};
+    use datafusion::arrow::array::{
+        Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray,
+    };
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     let f = fixture(4).await;
@@ -266,6 +268,32 @@ async fn each_bound_parameter_row_runs_the_statement_once() {
     prepared.set_parameters(params(vec![9_998.0])).unwrap();
     let info = prepared.execute().await.unwrap();
     assert_eq!(counts(sql.clone(), info).await, [1]);
+    // A later row may bind a null where the first did not.
+    let mut tagged = sql
+        .prepare("SELECT $1 AS tag FROM power WHERE w = 0".into(), None)
+        .await
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("$1", DataType::Utf8, true)]));
+    let tags: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None]));
+    tagged
+        .set_parameters(RecordBatch::try_new(schema, vec![tags]).unwrap())
+        .unwrap();
+    let info = tagged.execute().await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let got: Vec<Option<String>> = sql
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect::<Vec<_>>()
+        .await
+        .iter()
+        .flat_map(|b| {
+            let s = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            s.iter().map(|v| v.map(str::to_owned)).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(got, [Some("a".to_owned()), None]);
     prepared.set_parameters(params(vec![1.0; 1_001])).unwrap();
     let err = prepared.execute().await.unwrap_err().to_string();
     assert!(err.contains("more than 1000 rows of parameters"), "{err}");

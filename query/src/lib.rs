@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -41,7 +41,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use wattson_storage::Store;
 
 pub use catalog::{CATALOG, DeviceRejections, IngestSource, PUBLIC, SYSTEM};
@@ -214,7 +214,53 @@ impl QueryEngine {
         sql: &str,
         params: Vec<datafusion::scalar::ScalarValue>,
     ) -> Result<SendableRecordBatchStream> {
+        self.start(sql, params, tokio::time::Instant::now() + self.timeout)
+            .await
+    }
+
+    /// [`QueryEngine::stream_with_params`] once per row of parameters, in
+    /// order, as one stream, within one timeout for all of them: Flight
+    /// SQL executes every parameter set bound to a prepared statement. Each
+    /// run is planned when the previous one has streamed. With several
+    /// rows every column is nullable, since a later row may bind a null
+    /// where the first did not.
+    pub async fn stream_with_param_rows(
+        &self,
+        sql: &str,
+        rows: Vec<Vec<datafusion::scalar::ScalarValue>>,
+    ) -> Result<SendableRecordBatchStream> {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let several = rows.len() > 1;
+        let mut rows = rows.into_iter();
+        let first = self
+            .start(sql, rows.next().unwrap_or_default(), deadline)
+            .await?;
+        if !several {
+            return Ok(first);
+        }
+        let schema = Arc::new(nullable(&first.schema()));
+        let (engine, sql) = (self.clone(), sql.to_owned());
+        let rest = futures::stream::iter(rows)
+            .then(move |params| {
+                let (engine, sql) = (engine.clone(), sql.clone());
+                async move { engine.start(&sql, params, deadline).await }
+            })
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            first.chain(rest),
+        )))
+    }
+
+    /// Plans `sql` with `params` and starts it, failing with
+    /// [`Error::Timeout`] at `deadline`.
+    async fn start(
+        &self,
+        sql: &str,
+        params: Vec<datafusion::scalar::ScalarValue>,
+        deadline: tokio::time::Instant,
+    ) -> Result<SendableRecordBatchStream> {
         let mut plan = tokio::time::timeout_at(deadline, self.plan(sql))
             .await
             .map_err(|_| Error::Timeout(self.timeout))??;
@@ -261,7 +307,7 @@ impl QueryEngine {
         let mut stream = self.stream(sql).await?;
         let mut out = Vec::new();
         while let Some(batch) = stream.next().await {
-            out.push(batch.map_err(unwrap_timeout)?);
+            out.push(batch.map_err(from_stream_error)?);
         }
         Ok(out)
     }
@@ -341,13 +387,27 @@ fn check_read_only(statement: &DFStatement) -> Result<()> {
     )))
 }
 
-fn unwrap_timeout(e: DataFusionError) -> Error {
-    if let DataFusionError::External(inner) = &e
-        && let Some(Error::Timeout(d)) = inner.downcast_ref::<Error>()
-    {
-        return Error::Timeout(*d);
+/// `schema` with every field nullable.
+pub fn nullable(schema: &Schema) -> Schema {
+    Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    )
+}
+
+/// A query error that travelled through a DataFusion stream, as it was.
+pub fn from_stream_error(e: DataFusionError) -> Error {
+    match e {
+        DataFusionError::External(inner) => match inner.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(inner) => Error::from(DataFusionError::External(inner)),
+        },
+        e => Error::from(e),
     }
-    Error::from(e)
 }
 
 /// The table name in DataFusion's "table 'a.b.c' not found".

@@ -207,14 +207,17 @@ pub(crate) struct Shared {
 }
 
 /// Keeps appends off a nearly full disk. The free space is asked of the
-/// file system at most once a second of the store's clock: ingest asks for
-/// every message.
+/// file system once a second of the store's clock, or sooner once a
+/// quarter of the reserve has gone into the WAL since: ingest asks for
+/// every message, and a bulk import can write fast.
 #[derive(Debug)]
 pub(crate) struct DiskGuard {
     /// Clock time of the last look.
     checked_at: AtomicI64,
     /// The free bytes then, if below the reserve; `u64::MAX` otherwise.
     short: AtomicU64,
+    /// WAL bytes appended since the last look.
+    written: AtomicU64,
 }
 
 impl Default for DiskGuard {
@@ -222,6 +225,7 @@ impl Default for DiskGuard {
         DiskGuard {
             checked_at: AtomicI64::new(i64::MIN),
             short: AtomicU64::new(u64::MAX),
+            written: AtomicU64::new(0),
         }
     }
 }
@@ -238,7 +242,9 @@ impl Shared {
         let guard = &self.disk;
         let now = self.opts.clock.now_ns();
         let last = guard.checked_at.load(Ordering::Acquire);
-        let stale = now < last || now.saturating_sub(last) >= DISK_CHECK_NS;
+        let stale = now < last
+            || now.saturating_sub(last) >= DISK_CHECK_NS
+            || guard.written.load(Ordering::Relaxed) >= reserve / 4;
         // One caller looks; the others use what it found last time.
         if stale
             && guard
@@ -246,6 +252,7 @@ impl Shared {
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
+            guard.written.store(0, Ordering::Relaxed);
             let short = match self.vfs().available_bytes(&self.dir) {
                 Ok(free) if free < reserve => {
                     if guard.short.load(Ordering::Acquire) == u64::MAX {
@@ -640,7 +647,9 @@ impl Store {
             }
             rows
         };
+        let bytes = payload.len() as u64;
         let seq = wal.append(payload, prepared)?;
+        self.shared.disk.written.fetch_add(bytes, Ordering::Relaxed);
         Ok(AppendReceipt { seq, rows })
     }
 
