@@ -123,5 +123,5 @@ impl From<Error> for Status {
 
 /// A DataFusion error inside a result stream, as the user should read it.
 pub(crate) fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
-    Error::Query(wattson_query::from_stream_error(e))
+    Error::Query(e.into())
 }

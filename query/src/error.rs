@@ -36,6 +36,15 @@ pub enum Error {
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as D;
+        // One of ours that travelled through a result stream (a timeout, a
+        // later parameter row's plan error) comes back as it was.
+        let e = match e {
+            D::External(inner) => match inner.downcast::<Error>() {
+                Ok(ours) => return *ours,
+                Err(inner) => D::External(inner),
+            },
+            e => e,
+        };
         // Unwrap context layers so the user sees the root cause first.
         match e.find_root() {
             D::ResourcesExhausted(msg) => Error::ResourcesExhausted(msg.clone()),

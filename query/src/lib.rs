@@ -204,23 +204,14 @@ impl QueryEngine {
     /// [`Error::Timeout`] once it has run for the timeout, and dropping the
     /// stream cancels the query.
     pub async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream> {
-        self.stream_with_params(sql, Vec::new()).await
-    }
-
-    /// [`QueryEngine::stream`] with values for the statement's placeholders
-    /// (`$1`, `$2`, ...), in order: Flight SQL's prepared statements.
-    pub async fn stream_with_params(
-        &self,
-        sql: &str,
-        params: Vec<datafusion::scalar::ScalarValue>,
-    ) -> Result<SendableRecordBatchStream> {
-        self.start(sql, params, tokio::time::Instant::now() + self.timeout)
+        self.start(sql, Vec::new(), tokio::time::Instant::now() + self.timeout)
             .await
     }
 
-    /// [`QueryEngine::stream_with_params`] once per row of parameters, in
-    /// order, as one stream, within one timeout for all of them: Flight
-    /// SQL executes every parameter set bound to a prepared statement. Each
+    /// [`QueryEngine::stream`] with values for the statement's placeholders
+    /// (`$1`, `$2`, ...), once per row of values, in order, as one stream,
+    /// within one timeout for all of them: Flight SQL's prepared statements
+    /// execute every parameter set bound to them. Each
     /// run is planned when the previous one has streamed. With several
     /// rows every column is nullable, since a later row may bind a null
     /// where the first did not.
@@ -307,7 +298,7 @@ impl QueryEngine {
         let mut stream = self.stream(sql).await?;
         let mut out = Vec::new();
         while let Some(batch) = stream.next().await {
-            out.push(batch.map_err(from_stream_error)?);
+            out.push(batch?);
         }
         Ok(out)
     }
@@ -397,17 +388,6 @@ pub fn nullable(schema: &Schema) -> Schema {
             .collect::<Vec<_>>(),
         schema.metadata().clone(),
     )
-}
-
-/// A query error that travelled through a DataFusion stream, as it was.
-pub fn from_stream_error(e: DataFusionError) -> Error {
-    match e {
-        DataFusionError::External(inner) => match inner.downcast::<Error>() {
-            Ok(e) => *e,
-            Err(inner) => Error::from(DataFusionError::External(inner)),
-        },
-        e => Error::from(e),
-    }
 }
 
 /// The table name in DataFusion's "table 'a.b.c' not found".

@@ -583,7 +583,6 @@ impl Scan {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.out.len());
         let time: ArrayRef =
             Arc::new(TimestampNanosecondArray::new(rows.times, None).with_timezone("UTC"));
-
         for col in &self.out {
             columns.push(match col {
                 OutCol::Time => time.clone(),
@@ -615,18 +614,17 @@ fn repeated(last: &mut Option<StringArray>, device: &str, n: usize) -> Result<St
     {
         return Ok(c.slice(0, n));
     }
-    let rows = n;
     let column = (|| {
         let len = i32::try_from(device.len()).ok()?;
-        let count = i32::try_from(rows).ok()?;
-        i32::try_from(rows.checked_mul(device.len())?).ok()?;
+        let count = i32::try_from(n).ok()?;
+        i32::try_from(n.checked_mul(device.len())?).ok()?;
         let offsets = ScalarBuffer::from_iter((0..=count).map(|i| i * len));
-        let values = arrow_buffer::Buffer::from(device.as_bytes().repeat(rows));
+        let values = arrow_buffer::Buffer::from(device.as_bytes().repeat(n));
         StringArray::try_new(OffsetBuffer::new(offsets), values, None).ok()
     })()
     .ok_or_else(|| {
         Error::Internal(format!(
-            "{rows} rows of device `{device}` do not fit one string column"
+            "{n} rows of device `{device}` do not fit one string column"
         ))
     })?;
     *last = Some(column.clone());

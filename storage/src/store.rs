@@ -232,49 +232,55 @@ impl Default for DiskGuard {
 
 const DISK_CHECK_NS: i64 = 1_000_000_000;
 
-impl Shared {
-    /// The free bytes, if fewer than `min_free_bytes` are left.
-    fn disk_short(&self) -> Option<u64> {
-        let reserve = self.opts.min_free_bytes;
+impl DiskGuard {
+    /// The free bytes on `dir`'s file system, if fewer than `reserve` are
+    /// left (0 turns the check off). `now` is the store's clock.
+    fn short(&self, vfs: &dyn Vfs, dir: &Path, reserve: u64, now: i64) -> Option<u64> {
         if reserve == 0 {
             return None;
         }
-        let guard = &self.disk;
-        let now = self.opts.clock.now_ns();
-        let last = guard.checked_at.load(Ordering::Acquire);
+        let last = self.checked_at.load(Ordering::Acquire);
         let stale = now < last
             || now.saturating_sub(last) >= DISK_CHECK_NS
-            || guard.written.load(Ordering::Relaxed) >= reserve / 4;
+            || self.written.load(Ordering::Relaxed) >= reserve / 4;
         // One caller looks; the others use what it found last time.
         if stale
-            && guard
+            && self
                 .checked_at
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            guard.written.store(0, Ordering::Relaxed);
-            let short = match self.vfs().available_bytes(&self.dir) {
+            self.written.store(0, Ordering::Relaxed);
+            let was_short = self.short.load(Ordering::Acquire) != u64::MAX;
+            let short = match vfs.available_bytes(dir) {
                 Ok(free) if free < reserve => {
-                    if guard.short.load(Ordering::Acquire) == u64::MAX {
-                        tracing::error!(free, reserve, dir = %self.dir.display(), "disk nearly full: refusing writes until space is freed");
+                    if !was_short {
+                        tracing::error!(free, reserve, dir = %dir.display(), "disk nearly full: refusing writes until space is freed");
                     }
                     free
                 }
                 Ok(_) => {
-                    if guard.short.load(Ordering::Acquire) != u64::MAX {
-                        tracing::info!(dir = %self.dir.display(), "disk space freed: accepting writes again");
+                    if was_short {
+                        tracing::info!(dir = %dir.display(), "disk space freed: accepting writes again");
                     }
                     u64::MAX
                 }
                 // Unknown (an unusual file system): do not block writes on it.
                 Err(_) => u64::MAX,
             };
-            guard.short.store(short, Ordering::Release);
+            self.short.store(short, Ordering::Release);
         }
-        let short = guard.short.load(Ordering::Acquire);
+        let short = self.short.load(Ordering::Acquire);
         (short != u64::MAX).then_some(short)
     }
 
+    /// Counts WAL bytes appended, which bring the next look forward.
+    fn wrote(&self, bytes: u64) {
+        self.written.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
     pub(crate) fn vfs(&self) -> &dyn Vfs {
         self.opts.vfs.as_ref()
     }
@@ -632,11 +638,8 @@ impl Store {
                 wal::MAX_PAYLOAD
             )));
         }
-        if let Some(cause) = wal.is_poisoned() {
-            return Err(Error::WalPoisoned { cause });
-        }
-        if let Some(full) = self.disk_full() {
-            return Err(full);
+        if let Some(refused) = self.refusal(wal) {
+            return Err(refused);
         }
         let prepared = {
             let mut catalog = self.shared.catalog.lock();
@@ -649,7 +652,7 @@ impl Store {
         };
         let bytes = payload.len() as u64;
         let seq = wal.append(payload, prepared)?;
-        self.shared.disk.written.fetch_add(bytes, Ordering::Relaxed);
+        self.shared.disk.wrote(bytes);
         Ok(AppendReceipt { seq, rows })
     }
 
@@ -967,18 +970,20 @@ impl Store {
     /// and on a read-only store, which refuses them anyway. Cheap: ingest
     /// asks for every message.
     pub fn write_failure(&self) -> Option<String> {
-        let wal = self.wal.as_ref()?;
-        if let Some(cause) = wal.is_poisoned() {
-            return Some(Error::WalPoisoned { cause }.to_string());
-        }
-        self.disk_full().map(|e| e.to_string())
+        self.refusal(self.wal.as_ref()?).map(|e| e.to_string())
     }
 
-    fn disk_full(&self) -> Option<Error> {
-        self.shared.disk_short().map(|available| Error::DiskFull {
-            available,
-            reserve: self.shared.opts.min_free_bytes,
-        })
+    /// The error every append gets now, whatever it holds: a poisoned log
+    /// or a nearly full disk.
+    fn refusal(&self, wal: &StoreWal) -> Option<Error> {
+        if let Some(cause) = wal.is_poisoned() {
+            return Some(Error::WalPoisoned { cause });
+        }
+        let shared = &self.shared;
+        let reserve = shared.opts.min_free_bytes;
+        let now = shared.opts.clock.now_ns();
+        let available = shared.disk.short(shared.vfs(), &shared.dir, reserve, now)?;
+        Some(Error::DiskFull { available, reserve })
     }
 
     /// The most recent failure of background work (sealing, compaction,

@@ -2,12 +2,12 @@
 //!
 //! Decoding (zstd, then the delta and decimal transforms) is most of what a
 //! scan of sealed data costs, for timestamps and channels alike, and ML
-//! clients and the dashboard read the same months again and again. Segments are immutable and every opened segment
-//! gets an id no other one ever has, so a cached chunk can never be stale.
-//! When compaction or retention deletes a segment, its chunks are dropped at
-//! once rather than left to age out, so they do not crowd out live data.
-//! Least recently used chunks are evicted first; memory is counted with
-//! Arrow's own estimate of each array.
+//! clients and the dashboard read the same months again and again. Segments
+//! are immutable and every opened segment gets an id no other one ever has,
+//! so a cached chunk can never be stale. When compaction or retention
+//! deletes a segment, its chunks are dropped at once rather than left to age
+//! out, so they do not crowd out live data. Least recently used chunks are
+//! evicted first; memory is counted with Arrow's own estimate of each array.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

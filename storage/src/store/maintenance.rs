@@ -280,12 +280,10 @@ pub(super) fn compact_all(shared: &Shared, policy: Policy) -> Result<usize> {
                 // Not sealed into since this process started: long ago.
                 let cold = quiet_since(key.2.end_ns())
                     && sealed_at.get(key).is_none_or(|t| quiet_since(*t));
-                let run = match policy {
-                    Policy::Everything => greedy_run(&rows, max_rows),
-                    Policy::Background if cold => greedy_run(&rows, max_rows),
-                    Policy::Background => {
-                        tiered_run(&rows, max_rows, shared.opts.compact_min_segments)
-                    }
+                let run = if policy == Policy::Everything || cold {
+                    greedy_run(&rows, max_rows)
+                } else {
+                    tiered_run(&rows, max_rows, shared.opts.compact_min_segments)
                 }?;
                 Some((key.clone(), segs[run].to_vec()))
             })
@@ -452,8 +450,7 @@ fn compact_run(shared: &Shared, key: &PartKey, run: &[Arc<SegmentReader>]) -> Re
         return remove_durably(shared.vfs(), &path);
     }
     for seg in run {
-        shared.block_cache.forget(seg.cache_id());
-        remove_durably(shared.vfs(), seg.path())?;
+        delete_segment(shared, seg)?;
     }
     tracing::debug!(
         partition = %format!("{table}/{device}/{month}"),
@@ -463,6 +460,13 @@ fn compact_run(shared: &Shared, key: &PartKey, run: &[Arc<SegmentReader>]) -> Re
         "compacted"
     );
     Ok(())
+}
+
+/// Deletes a segment file that has left the index, and its decoded chunks
+/// with it: they would only crowd live data out of the cache.
+fn delete_segment(shared: &Shared, seg: &SegmentReader) -> Result<()> {
+    shared.block_cache.forget(seg.cache_id());
+    remove_durably(shared.vfs(), seg.path())
 }
 
 /// Drops whole months older than each table's retention period.
@@ -516,8 +520,7 @@ pub(super) fn enforce_retention(shared: &Shared, wal: &StoreWal) -> Result<usize
     let vfs = shared.vfs();
     for ((table, device, month), segs) in &expired {
         for seg in segs {
-            shared.block_cache.forget(seg.cache_id());
-            remove_durably(vfs, seg.path())?;
+            delete_segment(shared, seg)?;
         }
         let dir = shared.partition_dir(table, device, *month);
         if let Ok(rest) = vfs.list_dir(&dir) {
