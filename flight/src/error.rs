@@ -108,7 +108,7 @@ impl From<Error> for Status {
                 | S::UnknownColumn { .. } => Code::InvalidArgument,
                 S::UnknownTable(_) => Code::NotFound,
                 S::DiskFull { .. } => Code::ResourceExhausted,
-                S::WalPoisoned { .. } => Code::Unavailable,
+                S::WalPoisoned { .. } | S::SealFailing { .. } => Code::Unavailable,
                 _ => Code::Internal,
             },
             Error::Arrow(_) => Code::InvalidArgument,

@@ -61,6 +61,14 @@ pub enum Error {
     )]
     DiskFull { available: u64, reserve: u64 },
 
+    /// The write buffer is full and the last attempt to seal it into segment
+    /// files failed; nothing was written. Writes resume once a seal succeeds
+    /// (the store retries with backoff).
+    #[error(
+        "the write buffer is full and sealing it failed ({cause}); nothing was written. Writes resume once sealing succeeds"
+    )]
+    SealFailing { cause: String },
+
     /// An I/O operation failed.
     #[error("I/O error on {path}: {source}")]
     Io {

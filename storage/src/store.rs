@@ -203,6 +203,12 @@ pub(crate) struct Shared {
     pub(crate) disk: DiskGuard,
     /// The last background failure, for health reporting.
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Why the last attempt to freeze or seal the buffer failed; `None`
+    /// once one succeeded. Appends waiting for buffer space fail on it
+    /// rather than wait for a seal that may never come.
+    pub(crate) seal_failure: Mutex<Option<String>>,
+    /// `seal_failure.is_some()`, readable without a lock.
+    pub(crate) seal_failing: AtomicBool,
     pub(crate) block_cache: Arc<BlockCache>,
 }
 
@@ -401,6 +407,8 @@ fn new_shared(dir: &Path, opts: &StoreOptions) -> Arc<Shared> {
         sealed_at: Mutex::new(HashMap::new()),
         disk: DiskGuard::default(),
         last_error: Mutex::new(None),
+        seal_failure: Mutex::new(None),
+        seal_failing: AtomicBool::new(false),
     })
 }
 
@@ -614,7 +622,9 @@ impl Store {
     /// - Concurrent appends share one fdatasync (group commit): the wait is
     ///   at most the commit window plus one fsync when the disk keeps up.
     /// - When the buffer is full and sealing falls behind, `append` blocks
-    ///   until space frees up: backpressure, never loss.
+    ///   until space frees up: backpressure, never loss. If the last attempt
+    ///   to seal failed, it returns [`Error::SealFailing`] instead of
+    ///   waiting for space that may never come.
     pub fn append(&self, readings: Vec<Reading>) -> Result<AppendReceipt> {
         let wal = self.writable("append")?;
         if self.closed.load(Ordering::Acquire) {
@@ -695,6 +705,9 @@ impl Store {
             // A poisoned log can never seal again, so no space will come.
             if let Some(cause) = wal.is_poisoned() {
                 return Err(Error::WalPoisoned { cause });
+            }
+            if let Some(cause) = self.shared.seal_failure.lock().clone() {
+                return Err(Error::SealFailing { cause });
             }
             self.shared.request_seal();
             self.shared
@@ -965,21 +978,28 @@ impl Store {
 
     /// Why appends fail now, for everyone: the I/O failure that poisoned
     /// the write-ahead log (until the store is reopened: after a failed
-    /// fsync the page cache cannot be trusted, see `facts.md`), or a nearly
-    /// full disk (until space is freed). `None` while appends can succeed,
+    /// fsync the page cache cannot be trusted, see `facts.md`), a nearly
+    /// full disk (until space is freed), or a full buffer that cannot be
+    /// sealed (until a seal succeeds). `None` while appends can succeed,
     /// and on a read-only store, which refuses them anyway. Cheap: ingest
     /// asks for every message.
     pub fn write_failure(&self) -> Option<String> {
         self.refusal(self.wal.as_ref()?).map(|e| e.to_string())
     }
 
-    /// The error every append gets now, whatever it holds: a poisoned log
-    /// or a nearly full disk.
+    /// The error every append gets now, whatever it holds: a poisoned log,
+    /// a nearly full disk, or a full buffer that cannot be sealed.
     fn refusal(&self, wal: &StoreWal) -> Option<Error> {
         if let Some(cause) = wal.is_poisoned() {
             return Some(Error::WalPoisoned { cause });
         }
         let shared = &self.shared;
+        if shared.seal_failing.load(Ordering::Acquire)
+            && shared.buffered_bytes() >= shared.opts.buffer_bytes
+            && let Some(cause) = shared.seal_failure.lock().clone()
+        {
+            return Some(Error::SealFailing { cause });
+        }
         let reserve = shared.opts.min_free_bytes;
         let now = shared.opts.clock.now_ns();
         let available = shared.disk.short(shared.vfs(), &shared.dir, reserve, now)?;

@@ -203,8 +203,13 @@ impl<T: Send + 'static> Wal<T> {
 
         // A killed process leaves unsynced records in the page cache, where
         // `replay` saw them: make them durable before anything builds on them.
-        if let Some(last) = rec.segments.last()
-            && !rec.empty.contains(&last.path)
+        // They are in the newest file with records, which a failed rotation
+        // may have left before a header-only one.
+        if let Some(last) = rec
+            .segments
+            .iter()
+            .rev()
+            .find(|s| !rec.empty.contains(&s.path))
         {
             let io_err = |e| Error::io(&last.path, e);
             vfs.open_append(&last.path)
@@ -264,6 +269,7 @@ impl<T: Send + 'static> Wal<T> {
                 closed,
                 current_has_records: false,
                 segment_bytes: opts.segment_bytes,
+                rotate_at: opts.segment_bytes,
             }),
             counters: Counters::default(),
             window: opts.group_commit_window,
@@ -345,21 +351,19 @@ impl<T: Send + 'static> Wal<T> {
     /// none can start, after closing the current file if it holds any record
     /// and starting a new one. Every record `<= last_committed_seq` is then in
     /// a closed file, every later one will be in the new file, so the caller
-    /// can freeze its buffer exactly at a file boundary. A failure to start
-    /// the new file poisons the log. `f` must not append (that would wait for
-    /// a round that cannot start until `f` returns).
+    /// can freeze its buffer exactly at a file boundary. If the new file
+    /// cannot be started (a full disk, say), `f` is not run and the error is
+    /// returned; the log goes on in its current file, so the caller may try
+    /// again later. `f` must not append (that would wait for a round that
+    /// cannot start until `f` returns).
     pub fn rotate_with<R>(&self, f: impl FnOnce(u64) -> R) -> Result<R> {
         let mut log = lock(&self.shared.log);
         if let Some(cause) = self.is_poisoned() {
             return Err(Error::WalPoisoned { cause });
         }
         let committed = self.shared.counters.committed.load(Ordering::SeqCst);
-        if log.current_has_records
-            && let Err(e) = log.rotate(committed + 1)
-        {
-            drop(log);
-            self.shared.poison(e.to_string());
-            return Err(e);
+        if log.current_has_records {
+            log.rotate(committed + 1)?;
         }
         Ok(f(committed))
     }

@@ -17,9 +17,9 @@
 //!   now: durable entries only, each file with its durable bytes plus a
 //!   seed-chosen prefix of its unsynced bytes (a torn write).
 //! - A [`FaultPlan`] injects crashes (every later call fails), EIO on writes
-//!   or syncs, and ENOSPC. Its counts are relative to the moment the plan is
-//!   set, so a test can run a workload once, read [`FaultFs::ops`], and replay
-//!   it crashing at each operation in turn.
+//!   or syncs, and ENOSPC on writes or creates. Its counts are relative to
+//!   the moment the plan is set, so a test can run a workload once, read
+//!   [`FaultFs::ops`], and replay it crashing at each operation in turn.
 //!
 //! [`Vfs::create`] on an existing path gives the name a new, empty inode; the
 //! old inode survives power loss if the new entry was not synced yet.
@@ -52,6 +52,9 @@ pub struct FaultPlan {
     pub fail_write_after: Option<u64>,
     /// The Nth and every later `sync_data` fail with EIO and sync nothing.
     pub fail_sync_after: Option<u64>,
+    /// The Nth and every later `create` fail with ENOSPC (as when the file
+    /// system has no inode left) and create nothing.
+    pub fail_create_after: Option<u64>,
     /// A `write_all` that would push the total size of all files past this
     /// fails with ENOSPC and writes nothing.
     pub space_limit_bytes: Option<u64>,
@@ -68,6 +71,10 @@ impl FaultPlan {
     }
     pub fn fail_sync_after(mut self, n: u64) -> Self {
         self.fail_sync_after = Some(n);
+        self
+    }
+    pub fn fail_create_after(mut self, n: u64) -> Self {
+        self.fail_create_after = Some(n);
         self
     }
     pub fn space_limit_bytes(mut self, n: u64) -> Self {
@@ -92,6 +99,7 @@ struct Base {
     ops: u64,
     writes: u64,
     syncs: u64,
+    creates: u64,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +109,7 @@ struct State {
     ops: u64,
     writes: u64,
     syncs: u64,
+    creates: u64,
     crashed: bool,
     next_inode: u64,
     inodes: HashMap<u64, Inode>,
@@ -272,6 +281,7 @@ impl FaultFs {
             ops: st.ops,
             writes: st.writes,
             syncs: st.syncs,
+            creates: st.creates,
         };
         st.plan = plan;
     }
@@ -443,6 +453,12 @@ impl Vfs for FaultFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
         let mut st = self.state();
         st.mutating()?;
+        st.creates += 1;
+        if let Some(n) = st.plan.fail_create_after
+            && st.creates - st.base.creates >= n
+        {
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
         let ino = st.new_file(path)?;
         Ok(Box::new(FaultFile {
             state: self.state.clone(),

@@ -23,8 +23,8 @@ use crate::segment::{SegmentMeta, SegmentReader, write_segment};
 
 /// The sealing thread: freezes the active buffer when it is half full, when
 /// asked, or when it is older than the seal interval, and seals frozen
-/// buffers oldest first. A failed seal keeps the buffer (its rows are still
-/// in the WAL) and is retried with backoff.
+/// buffers oldest first. A failed freeze or seal keeps the buffer (its rows
+/// are still in the WAL) and is retried with backoff.
 pub(super) fn seal_loop(shared: &Shared, wal: &StoreWal) {
     let mut last_freeze = Instant::now();
     let mut backoff = Duration::from_millis(100);
@@ -47,16 +47,19 @@ pub(super) fn seal_loop(shared: &Shared, wal: &StoreWal) {
             (state.active.bytes() + queued, state.frozen.len())
         };
         let due = active_bytes > 0 && last_freeze.elapsed() >= shared.opts.seal_interval;
+        let mut result = Ok(());
         if (active_bytes >= shared.opts.buffer_bytes / 2 || due) && frozen == 0 {
-            match freeze_active(shared, wal) {
-                Ok(()) => last_freeze = Instant::now(),
-                Err(e) => record_error(shared, "freezing the buffer", &e),
-            }
+            result = freeze_active(shared, wal)
+                .map(|()| last_freeze = Instant::now())
+                .map_err(|e| ("freezing the buffer", e));
         }
-        match seal_frozen(shared, wal) {
+        let result = result
+            .and_then(|()| seal_frozen(shared, wal).map_err(|e| ("sealing buffered rows", e)));
+        note_seal(shared, result.as_ref().err().map(|(_, e)| e));
+        match result {
             Ok(()) => backoff = Duration::from_millis(100),
-            Err(e) => {
-                record_error(shared, "sealing buffered rows", &e);
+            Err((what, e)) => {
+                record_error(shared, what, &e);
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 *shared.seal_wanted.lock() = true;
@@ -84,8 +87,22 @@ fn freeze_active(shared: &Shared, wal: &StoreWal) -> Result<()> {
 
 /// Seals everything buffered now: used by `flush` and `close`.
 pub(super) fn seal_all(shared: &Shared, wal: &StoreWal) -> Result<()> {
-    freeze_active(shared, wal)?;
-    seal_frozen(shared, wal)
+    let result = freeze_active(shared, wal).and_then(|()| seal_frozen(shared, wal));
+    note_seal(shared, result.as_ref().err());
+    result
+}
+
+/// Remembers whether the last freeze-and-seal failed. Appends that find the
+/// buffer full then fail at once (they are woken to see it) instead of
+/// waiting for space that only a successful seal would free.
+fn note_seal(shared: &Shared, failure: Option<&Error>) {
+    let mut slot = shared.seal_failure.lock();
+    *slot = failure.map(Error::to_string);
+    shared.seal_failing.store(slot.is_some(), Ordering::Release);
+    drop(slot);
+    if failure.is_some() {
+        shared.space.notify_all();
+    }
 }
 
 fn seal_frozen(shared: &Shared, wal: &StoreWal) -> Result<()> {

@@ -516,6 +516,35 @@ fn a_nearly_full_disk_refuses_appends_until_space_is_freed() {
 }
 
 #[test]
+fn a_wal_that_cannot_start_a_file_keeps_the_store_writable() {
+    let (fs, store) = mem_store();
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    // No file can be created (no inode left, say): sealing cannot freeze
+    // the buffer at a new WAL file, but the log is not poisoned by that.
+    fs.set_plan(FaultPlan::default().fail_create_after(1));
+    let err = store.flush().unwrap_err();
+    assert!(err.to_string().contains("os error 28"), "{err}");
+    assert_eq!(store.write_failure(), None);
+    // More than a WAL file's worth (4 KiB here): rounds that would start a
+    // new file go into the current one.
+    for n in 0..6 {
+        let burst = (1..=50).map(|i| f("m1", T0 + (n * 50 + i) * SEC, 0.5));
+        store.append(burst.collect()).unwrap();
+    }
+    assert_eq!(all(&store).len(), 301);
+    let wal = Path::new(DIR).join("wal");
+    let files = fs.list_dir(&wal).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(fs.read(&files[0]).unwrap().len() > 4096);
+    fs.set_plan(FaultPlan::default());
+    store.flush().unwrap();
+    store.append(vec![f("m2", T0, 2.0)]).unwrap();
+    drop(store);
+    let after = Store::open(DIR, test_opts(Arc::new(fs.power_loss(3)))).unwrap();
+    assert_eq!(all(&after).len(), 302);
+}
+
+#[test]
 fn retention_drops_whole_months_and_rejects_old_readings() {
     let fs = Arc::new(FaultFs::new());
     let clock = ManualClock::new(T0);
@@ -1193,7 +1222,7 @@ fn an_inverted_time_range_scans_nothing() {
 }
 
 #[test]
-fn a_full_buffer_with_a_poisoned_log_fails_instead_of_waiting() {
+fn a_full_buffer_that_cannot_be_sealed_fails_instead_of_waiting() {
     let fs = Arc::new(FaultFs::new());
     let store = Store::open(
         DIR,
@@ -1206,10 +1235,67 @@ fn a_full_buffer_with_a_poisoned_log_fails_instead_of_waiting() {
     store
         .append((0..20).map(|i| f("m1", T0 + i * SEC, 1.0)).collect())
         .unwrap();
+    // Every sync fails: the new WAL file a seal starts from cannot be made
+    // durable. That does not poison the log, but no space will come.
     fs.set_plan(FaultPlan::default().fail_sync_after(0));
     assert!(store.flush().is_err());
     let err = store.append(vec![f("m1", T0, 2.0)]).unwrap_err();
-    assert!(matches!(err, Error::WalPoisoned { .. }), "{err}");
+    let Error::SealFailing { cause } = &err else {
+        panic!("{err}")
+    };
+    assert!(cause.contains("os error 5"), "{cause}");
+    assert!(err.to_string().contains("nothing was written"), "{err}");
+    // Once a seal succeeds, appends go through again.
+    fs.set_plan(FaultPlan::default());
+    store.flush().unwrap();
+    store.append(vec![f("m1", T0, 2.0)]).unwrap();
+    assert_eq!(all(&store).len(), 20);
+}
+
+#[test]
+fn appends_waiting_on_a_failing_background_seal_get_its_error() {
+    let fs = Arc::new(FaultFs::new());
+    let store = Store::open(
+        DIR,
+        StoreOptions {
+            background: true,
+            buffer_bytes: 4000,
+            ..test_opts(fs.clone())
+        },
+    )
+    .unwrap();
+    // No file can be created: neither a WAL file to freeze the buffer at
+    // nor a segment file.
+    fs.set_plan(FaultPlan::default().fail_create_after(1));
+    let batch = |n: i64| {
+        (0..10)
+            .map(|i| f("m1", T0 + (n * 10 + i) * SEC, 1.0))
+            .collect()
+    };
+    let mut stored = 0;
+    let err = loop {
+        match store.append(batch(stored)) {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 10_000, "the full buffer never refused an append");
+    };
+    assert!(
+        matches!(&err, Error::SealFailing { cause } if cause.contains("os error 28")),
+        "{err}"
+    );
+    let why = store.write_failure().unwrap();
+    assert!(why.contains("write buffer is full"), "{why}");
+    // The sealing thread retries with backoff; once files can be created
+    // again, space comes back without a restart.
+    fs.set_plan(FaultPlan::default());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while let Err(e) = store.append(batch(stored)) {
+        assert!(std::time::Instant::now() < deadline, "still refused: {e}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(all(&store).len() as i64, (stored + 1) * 10);
+    assert_eq!(store.write_failure(), None);
 }
 
 #[test]

@@ -5,11 +5,13 @@
 //! the group-commit window for more), writes it with one `write_all`, makes it
 //! durable with one `sync_data`, hands the items to `on_commit`, and only then
 //! publishes the new committed seq and wakes the appenders. A failed write or
-//! sync poisons the log for good: a failed fsync may have dropped dirty pages,
-//! so retrying it and getting success would prove nothing.
+//! sync of records poisons the log for good: a failed fsync may have dropped
+//! dirty pages, so retrying it and getting success would prove nothing. A
+//! failure to start a new file does not: the current file is synced and
+//! intact, so the log keeps appending to it and tries a new file later.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -52,31 +54,61 @@ pub(super) struct Log {
     pub(super) closed: Vec<Segment>,
     pub(super) current_has_records: bool,
     pub(super) segment_bytes: u64,
+    /// The current file's length at which a round first starts a new file:
+    /// `segment_bytes`, or later after a failed attempt.
+    pub(super) rotate_at: u64,
 }
 
 impl Log {
     /// Seals the current file (already synced) and starts `first_seq`'s: the
     /// header is synced and the directory entry too before any record goes in.
+    ///
+    /// On failure the current file stays current and the new one is removed
+    /// as far as possible. One left behind holds no record, so recovery
+    /// takes it for what it is (a header-only file, or a cut-off rotation if
+    /// shorter than a header) and the records appended to the current file
+    /// meanwhile are replayed all the same.
     pub(super) fn rotate(&mut self, first_seq: u64) -> Result<()> {
         let path = self.dir.join(format::file_name(first_seq));
-        let mut file = self.vfs.create(&path).map_err(|e| Error::io(&path, e))?;
-        file.write_all(&format::encode_header(first_seq))
-            .map_err(|e| Error::io(&path, e))?;
-        file.sync_data().map_err(|e| Error::io(&path, e))?;
-        self.vfs
-            .sync_dir(&self.dir)
-            .map_err(|e| Error::io(&self.dir, e))?;
+        let file = match self.start_file(&path, first_seq) {
+            Ok(file) => file,
+            Err(e) => {
+                if let Err(rm) = self.vfs.remove_file(&path)
+                    && rm.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(file = %path.display(), error = %rm, "could not remove a WAL file that failed to start");
+                }
+                return Err(e);
+            }
+        };
         let old = std::mem::replace(&mut self.current, Segment { first_seq, path });
         self.closed.push(old);
         self.file = file;
         self.current_has_records = false;
+        self.rotate_at = self.segment_bytes;
         Ok(())
+    }
+
+    fn start_file(&self, path: &Path, first_seq: u64) -> Result<Box<dyn WriteFile>> {
+        let mut file = self.vfs.create(path).map_err(|e| Error::io(path, e))?;
+        file.write_all(&format::encode_header(first_seq))
+            .map_err(|e| Error::io(path, e))?;
+        file.sync_data().map_err(|e| Error::io(path, e))?;
+        self.vfs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?;
+        Ok(file)
     }
 
     /// Writes and syncs one round; returns how long the sync took.
     fn write_round(&mut self, first_seq: u64, buf: &[u8]) -> Result<Duration> {
-        if self.current_has_records && self.file.len() >= self.segment_bytes {
-            self.rotate(first_seq)?;
+        if self.current_has_records
+            && self.file.len() >= self.rotate_at
+            && let Err(e) = self.rotate(first_seq)
+        {
+            // Try again after another sixteenth of a file, not every round.
+            self.rotate_at = self.file.len() + (self.segment_bytes / 16).max(1);
+            tracing::warn!(error = %e, file = %self.current.path.display(), "could not start a new WAL file; appending to the current one");
         }
         let path = &self.current.path;
         self.file.write_all(buf).map_err(|e| Error::io(path, e))?;

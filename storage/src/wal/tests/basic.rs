@@ -314,3 +314,106 @@ fn wal_poisoned_by_eio_on_write_keeps_what_was_acknowledged() {
     let o = open_fault(&fs.power_loss(0));
     assert_eq!(o.replayed, vec![(1, b"kept".to_vec())]);
 }
+
+/// Bytes of every file in the WAL directory.
+fn wal_bytes(fs: &FaultFs) -> u64 {
+    wal_files(fs, &wal_dir())
+        .iter()
+        .map(|p| fs.read(p).unwrap().len() as u64)
+        .sum()
+}
+
+#[test]
+fn wal_failed_file_start_keeps_the_current_file() {
+    let fs = FaultFs::new();
+    let small = WalOptions {
+        segment_bytes: 64,
+        ..opts()
+    };
+    let o = open_with(Arc::new(fs.clone()), &wal_dir(), small.clone(), 1).unwrap();
+    for i in 0..2 {
+        o.wal.append(payload(i), 0).unwrap();
+    }
+    let before = wal_files(&fs, &wal_dir());
+    assert_eq!(before.len(), 1);
+
+    // No file can be created: the rounds that would start a new file go
+    // into the current one, and the caller of rotate_with gets the error.
+    fs.set_plan(FaultPlan::default().fail_create_after(1));
+    for i in 2..6 {
+        assert_eq!(o.wal.append(payload(i), 0).unwrap(), i as u64 + 1);
+    }
+    let err = o
+        .wal
+        .rotate_with(|_| panic!("runs only at a file boundary"))
+        .unwrap_err();
+    assert!(err.to_string().contains("os error 28"), "{err}");
+    assert_eq!(o.wal.is_poisoned(), None);
+    assert_eq!(wal_files(&fs, &wal_dir()), before);
+
+    // A full disk: the file is created, its header cannot be written, and
+    // the file goes again.
+    fs.set_plan(FaultPlan::default().space_limit_bytes(wal_bytes(&fs)));
+    assert!(o.wal.rotate_with(|_| ()).is_err());
+    assert_eq!(o.wal.is_poisoned(), None);
+    assert_eq!(wal_files(&fs, &wal_dir()), before);
+
+    // Space again: the next round starts a new file, and so does rotate_with.
+    fs.set_plan(FaultPlan::default());
+    assert_eq!(o.wal.append(payload(6), 0).unwrap(), 7);
+    assert_eq!(wal_files(&fs, &wal_dir()).len(), 2);
+    assert_eq!(o.wal.rotate_with(|s| s).unwrap(), 7);
+    assert_eq!(o.wal.append(payload(7), 0).unwrap(), 8);
+    let committed: Vec<u64> = o.committed.lock().unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(committed, (1..=8).collect::<Vec<u64>>());
+    drop(o);
+
+    let all: Vec<(u64, Vec<u8>)> = (0..8).map(|i| (i as u64 + 1, payload(i))).collect();
+    let o = open_with(Arc::new(fs.power_loss(1)), &wal_dir(), small.clone(), 1).unwrap();
+    assert!(o.events.is_empty(), "{:?}", o.events);
+    assert_eq!(o.replayed, all);
+    // The first file holds seqs 1 to 6, though it was due to close after 2.
+    o.wal.trim(5).unwrap();
+    drop(o);
+    let o = open_with(Arc::new(fs.clone()), &wal_dir(), small.clone(), 1).unwrap();
+    assert_eq!(o.replayed, all);
+    o.wal.trim(6).unwrap();
+    drop(o);
+    let o = open_with(Arc::new(fs.clone()), &wal_dir(), small, 1).unwrap();
+    assert_eq!(o.replayed, all[6..]);
+}
+
+#[test]
+fn wal_header_only_file_left_by_a_failed_start_loses_nothing() {
+    let fs = FaultFs::new();
+    let o = open_fault(&fs);
+    o.wal.append(payload(0), 0).unwrap();
+    // What a file start leaves when removing it failed too: a durable,
+    // header-only file for seq 2, which the log does not know of.
+    let stray = wal_dir().join(format::file_name(2));
+    let mut file = fs.create(&stray).unwrap();
+    file.write_all(&format::encode_header(2)).unwrap();
+    file.sync_data().unwrap();
+    fs.sync_dir(&wal_dir()).unwrap();
+    // Seqs 2 and 3 go into the first file; 3 is written but never synced,
+    // as when the process dies inside a round.
+    o.wal.append(payload(1), 0).unwrap();
+    fs.set_plan(FaultPlan::default().fail_sync_after(1));
+    assert!(o.wal.append(payload(2), 0).is_err());
+    drop(o);
+    fs.set_plan(FaultPlan::default());
+
+    let all: Vec<(u64, Vec<u8>)> = (0..3).map(|i| (i as u64 + 1, payload(i))).collect();
+    let o = open_fault(&fs);
+    assert!(o.events.is_empty(), "{:?}", o.events);
+    assert_eq!(o.replayed, all);
+    assert!(!fs.exists(&stray), "header-only files go at open");
+    assert_eq!(o.wal.append(payload(3), 0).unwrap(), 4);
+    drop(o);
+    // Open made the replayed seq 3 durable, though the newest file before
+    // it was the header-only one.
+    for seed in 0..8 {
+        let o = open_fault(&fs.power_loss(seed));
+        assert_eq!(o.replayed[..3], all[..], "seed {seed}");
+    }
+}
