@@ -487,7 +487,10 @@ fn topic_buf() -> Topic {
 
 /// What the broker sends a meter.
 enum Incoming {
-    ConnAck { accepted: bool },
+    /// `refused` says why, for the log; `None` when accepted.
+    ConnAck {
+        refused: Option<&'static str>,
+    },
     PubAck,
     Other,
 }
@@ -511,7 +514,7 @@ impl Rx {
         let packet = data.get(..total).unwrap_or_default();
         let incoming = match mqttrs::decode_slice(packet) {
             Ok(Some(mqttrs::Packet::Connack(c))) => Incoming::ConnAck {
-                accepted: c.code == mqttrs::ConnectReturnCode::Accepted,
+                refused: refusal(c.code),
             },
             Ok(Some(mqttrs::Packet::Puback(_))) => Incoming::PubAck,
             Ok(_) => Incoming::Other,
@@ -533,6 +536,24 @@ impl Rx {
                 Ok(n) => self.have += n,
             }
         }
+    }
+}
+
+/// Why the broker refused the CONNECT, in the words of Wattson's answers:
+/// only a bad login needs the meter's owner; the others pass.
+fn refusal(code: mqttrs::ConnectReturnCode) -> Option<&'static str> {
+    use mqttrs::ConnectReturnCode as C;
+    match code {
+        C::Accepted => None,
+        C::BadUsernamePassword => {
+            Some("the broker refused the login: check DEVICE_ID and DEVICE_SECRET")
+        }
+        C::NotAuthorized => Some("the broker refused the login: this account may not publish"),
+        C::RefusedIdentifierRejected => Some("the broker rejected the client id"),
+        C::ServerUnavailable => Some(
+            "the server is unavailable for now (it cannot store readings, or logins are throttled); readings stay queued",
+        ),
+        C::RefusedProtocolVersion => Some("the broker does not speak MQTT 3.1.1"),
     }
 }
 
@@ -573,10 +594,8 @@ async fn session(
         have: 0,
     };
     match with_timeout(Duration::from_secs(10), rx.next(socket)).await {
-        Ok(Ok(Incoming::ConnAck { accepted: true })) => {}
-        Ok(Ok(Incoming::ConnAck { accepted: false })) => {
-            return Err("the broker refused the login");
-        }
+        Ok(Ok(Incoming::ConnAck { refused: None })) => {}
+        Ok(Ok(Incoming::ConnAck { refused: Some(why) })) => return Err(why),
         Ok(Ok(_)) => return Err("expected CONNACK"),
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("no CONNACK within 10 s"),
