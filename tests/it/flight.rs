@@ -139,6 +139,19 @@ with conn.cursor() as cur:
     except adbc_driver_flightsql.dbapi.Error as e:
         assert "read-only" in str(e), str(e)
 
+# Incremental execution (PollFlightInfo): complete at the first poll, with
+# the result's schema, and nothing more at the next; the partition reads.
+with conn.cursor() as cur:
+    cur.adbc_statement.set_options(**{"adbc.statement.exec.incremental": "true"})
+    sql = "SELECT count(*) AS n FROM viconsl_power_consumption_2022_07"
+    parts, schema = cur.adbc_execute_partitions(sql)
+    assert len(parts) == 1 and schema.names == ["n"], (parts, schema)
+    assert cur.adbc_statement.get_option_float("adbc.statement.exec.progress") == 1.0
+    more, _ = cur.adbc_execute_partitions(sql)
+    assert more == [], more
+    cur.adbc_read_partition(parts[0])
+    assert cur.fetchall() == [(3,)], "partition read"
+
 schema = conn.adbc_get_table_schema("viconsl_power_consumption_2022_07")
 assert schema.names[0] == "dt", schema
 objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
