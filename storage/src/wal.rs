@@ -29,7 +29,7 @@ mod recovery;
 #[cfg(test)]
 mod tests;
 
-use committer::{Counters, Log, Pending, Queue, Shared, lock};
+use committer::{Counters, Log, Pending, Queue, Rotation, Shared, lock};
 pub use format::MAX_PAYLOAD;
 use recovery::Segment;
 
@@ -354,7 +354,8 @@ impl<T: Send + 'static> Wal<T> {
     /// can freeze its buffer exactly at a file boundary. If the new file
     /// cannot be started (a full disk, say), `f` is not run and the error is
     /// returned; the log goes on in its current file, so the caller may try
-    /// again later. `f` must not append (that would wait for a round that
+    /// again later. Only if the failed file cannot be removed either is the
+    /// log poisoned. `f` must not append (that would wait for a round that
     /// cannot start until `f` returns).
     pub fn rotate_with<R>(&self, f: impl FnOnce(u64) -> R) -> Result<R> {
         let mut log = lock(&self.shared.log);
@@ -363,7 +364,15 @@ impl<T: Send + 'static> Wal<T> {
         }
         let committed = self.shared.counters.committed.load(Ordering::SeqCst);
         if log.current_has_records {
-            log.rotate(committed + 1)?;
+            match log.rotate(committed + 1) {
+                Ok(Rotation::Started) => {}
+                Ok(Rotation::Kept(e)) => return Err(e),
+                Err(e) => {
+                    drop(log);
+                    self.shared.poison(e.to_string());
+                    return Err(e);
+                }
+            }
         }
         Ok(f(committed))
     }

@@ -127,8 +127,13 @@ fn seal_frozen(shared: &Shared, wal: &StoreWal) -> Result<()> {
             state.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
         }
         shared.space.notify_all();
-        wal.trim(frozen.through_seq)?;
-        clear_error(shared);
+        // The rows are sealed whatever happens next: a WAL file that cannot
+        // be deleted only means the next open replays rows the segments
+        // already hold, and skips them. Not a failed seal, then.
+        match wal.trim(frozen.through_seq) {
+            Ok(()) => clear_error(shared),
+            Err(e) => record_error(shared, "deleting sealed WAL files", &e),
+        }
         tracing::debug!(
             rows = frozen.mem.rows(),
             files,

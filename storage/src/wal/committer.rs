@@ -7,8 +7,9 @@
 //! publishes the new committed seq and wakes the appenders. A failed write or
 //! sync of records poisons the log for good: a failed fsync may have dropped
 //! dirty pages, so retrying it and getting success would prove nothing. A
-//! failure to start a new file does not: the current file is synced and
-//! intact, so the log keeps appending to it and tries a new file later.
+//! failure to start a new file does not, once that file is durably removed
+//! again: the current file is synced and intact, so the log keeps appending
+//! to it and tries a new file later.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -59,26 +60,35 @@ pub(super) struct Log {
     pub(super) rotate_at: u64,
 }
 
+/// What became of an attempt to start a new file.
+pub(super) enum Rotation {
+    Started,
+    /// The new file failed to start (why) and is gone; the current file,
+    /// intact and synced, stays current.
+    Kept(Error),
+}
+
 impl Log {
     /// Seals the current file (already synced) and starts `first_seq`'s: the
     /// header is synced and the directory entry too before any record goes in.
     ///
-    /// On failure the current file stays current and the new one is removed
-    /// as far as possible. One left behind holds no record, so recovery
-    /// takes it for what it is (a header-only file, or a cut-off rotation if
-    /// shorter than a header) and the records appended to the current file
-    /// meanwhile are replayed all the same.
-    pub(super) fn rotate(&mut self, first_seq: u64) -> Result<()> {
+    /// If the new file cannot be started, it is removed durably and the
+    /// current file stays current ([`Rotation::Kept`]): recovery counts on
+    /// no file following the one being written, whose end alone may be
+    /// torn. Only if that removal fails too is the error returned, and the
+    /// caller poisons the log; no round was written since the last sync.
+    pub(super) fn rotate(&mut self, first_seq: u64) -> Result<Rotation> {
         let path = self.dir.join(format::file_name(first_seq));
         let file = match self.start_file(&path, first_seq) {
             Ok(file) => file,
             Err(e) => {
-                if let Err(rm) = self.vfs.remove_file(&path)
-                    && rm.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(file = %path.display(), error = %rm, "could not remove a WAL file that failed to start");
-                }
-                return Err(e);
+                return match self.discard(&path) {
+                    Ok(()) => Ok(Rotation::Kept(e)),
+                    Err(rm) => {
+                        tracing::error!(error = %e, "a new WAL file failed to start");
+                        Err(rm)
+                    }
+                };
             }
         };
         let old = std::mem::replace(&mut self.current, Segment { first_seq, path });
@@ -86,7 +96,19 @@ impl Log {
         self.file = file;
         self.current_has_records = false;
         self.rotate_at = self.segment_bytes;
-        Ok(())
+        Ok(Rotation::Started)
+    }
+
+    fn discard(&self, path: &Path) -> Result<()> {
+        match self.vfs.remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(path, e));
+            }
+            _ => {}
+        }
+        self.vfs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))
     }
 
     fn start_file(&self, path: &Path, first_seq: u64) -> Result<Box<dyn WriteFile>> {
@@ -104,7 +126,7 @@ impl Log {
     fn write_round(&mut self, first_seq: u64, buf: &[u8]) -> Result<Duration> {
         if self.current_has_records
             && self.file.len() >= self.rotate_at
-            && let Err(e) = self.rotate(first_seq)
+            && let Rotation::Kept(e) = self.rotate(first_seq)?
         {
             // Try again after another sixteenth of a file, not every round.
             self.rotate_at = self.file.len() + (self.segment_bytes / 16).max(1);

@@ -384,36 +384,61 @@ fn wal_failed_file_start_keeps_the_current_file() {
 }
 
 #[test]
-fn wal_header_only_file_left_by_a_failed_start_loses_nothing() {
+fn wal_failed_file_start_is_retried_after_a_sixteenth_of_a_file() {
+    let fs = FaultFs::new();
+    let o = open_with(
+        Arc::new(fs.clone()),
+        &wal_dir(),
+        WalOptions {
+            segment_bytes: 1600,
+            ..opts()
+        },
+        1,
+    )
+    .unwrap();
+    // 30-byte records: the file reaches 1600 bytes at the 53rd.
+    let record = || vec![7u8; 14];
+    while wal_bytes(&fs) < 1600 {
+        o.wal.append(record(), 0).unwrap();
+    }
+    fs.set_plan(FaultPlan::default().fail_create_after(1));
+    // A round is a write and a sync; a round that tries a new file also
+    // has the failed create, and the removal and directory sync after it.
+    let mut ops_per_round = Vec::new();
+    for _ in 0..8 {
+        let before = fs.ops();
+        o.wal.append(record(), 0).unwrap();
+        ops_per_round.push(fs.ops() - before);
+    }
+    // Tried at once, then again after 100 more bytes (four rounds).
+    assert_eq!(ops_per_round, [5, 2, 2, 2, 5, 2, 2, 2]);
+    assert_eq!(wal_files(&fs, &wal_dir()).len(), 1);
+}
+
+#[test]
+fn wal_poisoned_when_a_failed_file_cannot_be_removed() {
     let fs = FaultFs::new();
     let o = open_fault(&fs);
-    o.wal.append(payload(0), 0).unwrap();
-    // What a file start leaves when removing it failed too: a durable,
-    // header-only file for seq 2, which the log does not know of.
-    let stray = wal_dir().join(format::file_name(2));
-    let mut file = fs.create(&stray).unwrap();
-    file.write_all(&format::encode_header(2)).unwrap();
-    file.sync_data().unwrap();
-    fs.sync_dir(&wal_dir()).unwrap();
-    // Seqs 2 and 3 go into the first file; 3 is written but never synced,
-    // as when the process dies inside a round.
-    o.wal.append(payload(1), 0).unwrap();
-    fs.set_plan(FaultPlan::default().fail_sync_after(1));
-    assert!(o.wal.append(payload(2), 0).is_err());
+    for i in 0..3 {
+        o.wal.append(payload(i), 0).unwrap();
+    }
+    // The new file's header does not fit, and the power fails while the
+    // file is being removed again (op 3: create, write, remove).
+    fs.set_plan(
+        FaultPlan::default()
+            .space_limit_bytes(wal_bytes(&fs))
+            .crash_after_ops(3),
+    );
+    let err = o.wal.rotate_with(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("simulated power loss"), "{err}");
+    let Some(cause) = o.wal.is_poisoned() else {
+        panic!("not poisoned")
+    };
+    assert!(cause.contains("simulated power loss"), "{cause}");
     drop(o);
-    fs.set_plan(FaultPlan::default());
-
     let all: Vec<(u64, Vec<u8>)> = (0..3).map(|i| (i as u64 + 1, payload(i))).collect();
-    let o = open_fault(&fs);
-    assert!(o.events.is_empty(), "{:?}", o.events);
-    assert_eq!(o.replayed, all);
-    assert!(!fs.exists(&stray), "header-only files go at open");
-    assert_eq!(o.wal.append(payload(3), 0).unwrap(), 4);
-    drop(o);
-    // Open made the replayed seq 3 durable, though the newest file before
-    // it was the header-only one.
-    for seed in 0..8 {
+    for seed in 0..4 {
         let o = open_fault(&fs.power_loss(seed));
-        assert_eq!(o.replayed[..3], all[..], "seed {seed}");
+        assert_eq!(o.replayed, all, "seed {seed}");
     }
 }
