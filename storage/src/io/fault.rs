@@ -286,6 +286,11 @@ impl FaultFs {
         st.plan = plan;
     }
 
+    /// Bytes in all files, as [`FaultPlan::space_limit_bytes`] counts them.
+    pub fn used_bytes(&self) -> u64 {
+        self.state().total_bytes()
+    }
+
     /// Mutating operations so far (failed ones included).
     pub fn ops(&self) -> u64 {
         self.state().ops

@@ -545,6 +545,45 @@ fn a_wal_that_cannot_start_a_file_keeps_the_store_writable() {
 }
 
 #[test]
+fn a_disk_filled_to_the_last_byte_by_others_does_not_poison_the_log() {
+    let fs = Arc::new(FaultFs::new());
+    let clock = ManualClock::new(T0);
+    let store = Store::open(
+        DIR,
+        StoreOptions {
+            clock: Arc::new(clock.clone()),
+            min_free_bytes: 1 << 20,
+            ..test_opts(fs.clone())
+        },
+    )
+    .unwrap();
+    store.append(vec![f("m1", T0, 1.0)]).unwrap();
+    // Something else takes every byte: not one more can be written.
+    fs.set_available(Some(0));
+    fs.set_plan(FaultPlan::default().space_limit_bytes(fs.used_bytes()));
+    clock.advance(SEC);
+    assert!(matches!(
+        store.append(vec![f("m1", T0 + SEC, 2.0)]),
+        Err(Error::DiskFull { .. })
+    ));
+    // Sealing needs a new WAL file, whose header does not fit.
+    let err = store.flush().unwrap_err();
+    assert!(err.to_string().contains("os error 28"), "{err}");
+    let why = store.write_failure().unwrap();
+    assert!(why.contains("0 bytes are free"), "not poisoned: {why}");
+    // Space comes back: sealing and appends resume without a restart.
+    fs.set_plan(FaultPlan::default());
+    fs.set_available(None);
+    clock.advance(SEC);
+    store.flush().unwrap();
+    store.append(vec![f("m1", T0 + SEC, 2.0)]).unwrap();
+    assert_eq!(store.write_failure(), None);
+    drop(store);
+    let after = Store::open(DIR, test_opts(Arc::new(fs.power_loss(5)))).unwrap();
+    assert_eq!(all(&after).len(), 2);
+}
+
+#[test]
 fn retention_drops_whole_months_and_rejects_old_readings() {
     let fs = Arc::new(FaultFs::new());
     let clock = ManualClock::new(T0);
