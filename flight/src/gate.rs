@@ -7,21 +7,23 @@
 //! routed here, before it: JSON commands and tickets start with `{`, path
 //! descriptors are typed as paths.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, Criteria,
+    Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse, PollInfo,
+    PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use wattson_ingest::auth::Role;
 
 use crate::auth::{self, READ_ROLE};
+use crate::cancel::BoxStream;
 use crate::error::Error;
 use crate::plain;
 use crate::sql::SqlService;
@@ -29,8 +31,6 @@ use crate::sql::SqlService;
 /// How long a handshake without an `authorization` header may take to
 /// send its credentials message.
 const HANDSHAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Auth in front of plain Flight and Flight SQL.
 #[derive(Debug, Clone)]
@@ -155,11 +155,19 @@ impl FlightService for Gate {
         mut request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         self.admit(&mut request, READ_ROLE)?;
-        if plain::is_plain_ticket(request.get_ref()) {
-            let stream = plain::do_get(self.sql.deps.store.clone(), request.get_ref())?;
-            return Ok(Response::new(Box::pin(stream)));
-        }
-        FlightService::do_get(&*self.sql, request).await
+        let user = caller(&request)?;
+        let ticket = request.get_ref().ticket.clone();
+        let stream: BoxStream<FlightData> = if plain::is_plain_ticket(request.get_ref()) {
+            Box::pin(plain::do_get(
+                self.sql.deps.store.clone(),
+                request.get_ref(),
+            )?)
+        } else {
+            FlightService::do_get(&*self.sql, request)
+                .await?
+                .into_inner()
+        };
+        Ok(Response::new(self.sql.running.track(&user, ticket, stream)))
     }
 
     async fn do_put(
@@ -184,6 +192,9 @@ impl FlightService for Gate {
         mut request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         self.admit(&mut request, READ_ROLE)?;
+        if request.get_ref().r#type == CANCEL_FLIGHT_INFO {
+            return self.cancel_flight_info(&request);
+        }
         FlightService::do_action(&*self.sql, request).await
     }
 
@@ -192,6 +203,61 @@ impl FlightService for Gate {
         mut request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
         self.admit(&mut request, READ_ROLE)?;
-        FlightService::list_actions(&*self.sql, request).await
+        let sql = FlightService::list_actions(&*self.sql, request)
+            .await?
+            .into_inner();
+        let cancel = ActionType {
+            r#type: CANCEL_FLIGHT_INFO.into(),
+            description: "Stops the caller's running DoGets of a FlightInfo's tickets.\n\
+                Request Message: CancelFlightInfoRequest\n\
+                Response Message: CancelFlightInfoResult"
+                .into(),
+        };
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async { Ok(cancel) }).chain(sql),
+        )))
     }
+}
+
+/// The Flight action that cancels a FlightInfo's work (Flight 14 and later;
+/// arrow-flight's Flight SQL dispatcher does not know it).
+const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+
+impl Gate {
+    /// Stops the caller's running DoGets of the info's tickets. The answer
+    /// is CANCELLED either way: none of them runs for the caller any more.
+    fn cancel_flight_info(
+        &self,
+        request: &Request<Action>,
+    ) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
+        let user = caller(request)?;
+        let info = CancelFlightInfoRequest::decode(request.get_ref().body.clone())
+            .ok()
+            .and_then(|r| r.info)
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "CancelFlightInfo needs a CancelFlightInfoRequest with the FlightInfo".into(),
+                )
+            })?;
+        let stopped = self.sql.running.cancel(&user, &info);
+        tracing::info!(user = %user, stopped, "flight query cancelled");
+        let result = CancelFlightInfoResult {
+            status: CancelStatus::Cancelled as i32,
+        };
+        let body = arrow_flight::Result {
+            body: result.encode_to_vec().into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async {
+            Ok(body)
+        }))))
+    }
+}
+
+/// Who the gate admitted.
+fn caller<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .extensions()
+        .get::<wattson_ingest::auth::Principal>()
+        .map(|p| p.user.clone())
+        .ok_or_else(|| Error::Internal("a call passed the gate unrecorded".into()).into())
 }

@@ -21,6 +21,7 @@
 //! protocol details.
 
 mod auth;
+mod cancel;
 mod error;
 mod gate;
 mod metadata;

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -21,16 +22,16 @@ use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandStatementIngest, CommandStatementQuery,
-    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
+    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
-    IpcMessage, PutResult, SchemaAsIpc, Ticket,
+    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, PutResult, SchemaAsIpc, Ticket,
 };
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -43,6 +44,7 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 use wattson_ingest::auth::{Principal, Role};
 
+use crate::cancel::Running;
 use crate::error::{Error, Result, from_datafusion};
 use crate::{Deps, metadata, put};
 
@@ -66,6 +68,7 @@ pub(crate) struct SqlService {
     xdbc_info: XdbcTypeInfoData,
     prepared: Mutex<HashMap<String, Prepared>>,
     max_prepared_per_user: usize,
+    pub(crate) running: Arc<Running>,
 }
 
 impl std::fmt::Debug for SqlService {
@@ -148,6 +151,7 @@ impl SqlService {
             xdbc_info: metadata::xdbc_info()?,
             prepared: Mutex::new(HashMap::new()),
             max_prepared_per_user: max_prepared_per_user.max(1),
+            running: Arc::default(),
         })
     }
 
@@ -184,6 +188,10 @@ impl SqlService {
         Ok(encode(self.deps.engine.stream(sql).await?))
     }
 }
+
+/// `ActionCancelQueryResult.CancelResult.CANCEL_RESULT_CANCELLED`: the
+/// enum is in a module arrow-flight does not export.
+const CANCEL_RESULT_CANCELLED: i32 = 1;
 
 /// Most rows of parameters one execution binds: each row is a query.
 const MAX_PARAMETER_ROWS: usize = 1_000;
@@ -360,6 +368,23 @@ impl FlightSqlService for SqlService {
             } else {
                 schema_bytes(&param_schema)?
             },
+        })
+    }
+
+    /// Flight SQL's older form of `CancelFlightInfo` (see the gate).
+    async fn do_action_cancel_query(
+        &self,
+        query: ActionCancelQueryRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCancelQueryResult, Status> {
+        let who = principal(&request)?;
+        let info = FlightInfo::decode(query.info).map_err(|e| {
+            Error::InvalidArgument(format!("CancelQuery: the FlightInfo does not decode: {e}"))
+        })?;
+        let stopped = self.running.cancel(&who.user, &info);
+        tracing::info!(user = %who.user, stopped, "flight sql query cancelled");
+        Ok(ActionCancelQueryResult {
+            result: CANCEL_RESULT_CANCELLED,
         })
     }
 

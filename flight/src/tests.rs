@@ -33,6 +33,9 @@ async fn fixture(max_prepared: usize) -> Fixture {
     users
         .add_user("ana", Role::Analyst, "ana-password-123")
         .unwrap();
+    users
+        .add_user("bob", Role::Analyst, "bob-password-123")
+        .unwrap();
     let store = Arc::new(Store::open(dir.path().join("data"), StoreOptions::default()).unwrap());
     let readings = (0..10_000)
         .map(|i| Reading {
@@ -78,14 +81,20 @@ async fn channel(f: &Fixture) -> Channel {
         .unwrap()
 }
 
-/// Logs in through the handshake; returns the `Bearer ...` header value.
+/// Logs ana in through the handshake; returns the `Bearer ...` header value.
 async fn login(ch: Channel) -> String {
+    login_as(ch, "ana").await
+}
+
+/// Logs a fixture user in (password `{user}-password-123`).
+async fn login_as(ch: Channel, user: &str) -> String {
+    use base64::Engine;
     let mut client = FlightServiceClient::new(ch);
     let mut req = tonic::Request::new(futures::stream::iter(vec![HandshakeRequest::default()]));
-    req.metadata_mut().insert(
-        "authorization",
-        "Basic YW5hOmFuYS1wYXNzd29yZC0xMjM=".parse().unwrap(),
-    );
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{user}-password-123"));
+    req.metadata_mut()
+        .insert("authorization", format!("Basic {basic}").parse().unwrap());
     let resp = client.handshake(req).await.unwrap();
     resp.metadata()
         .get("authorization")
@@ -297,5 +306,102 @@ async fn each_bound_parameter_row_runs_the_statement_once() {
     prepared.set_parameters(params(vec![1.0; 1_001])).unwrap();
     let err = prepared.execute().await.unwrap_err().to_string();
     assert!(err.contains("more than 1000 rows of parameters"), "{err}");
+    f.server.shutdown().await.unwrap();
+}
+
+/// A client of `user`, logged in through the handshake.
+async fn flight_client(f: &Fixture, user: &str) -> arrow_flight::FlightClient {
+    let ch = channel(f).await;
+    let bearer = login_as(ch.clone(), user).await;
+    let mut client = arrow_flight::FlightClient::new(ch);
+    client.add_header("authorization", &bearer).unwrap();
+    client
+}
+
+/// The code a DoGet stream ends with, after reading up to `limit` batches.
+async fn end_of(
+    stream: &mut arrow_flight::decode::FlightRecordBatchStream,
+    limit: usize,
+) -> Option<Code> {
+    for _ in 0..limit {
+        match stream.next().await {
+            Some(Ok(_)) => {}
+            Some(Err(arrow_flight::error::FlightError::Tonic(status))) => {
+                return Some(status.code());
+            }
+            Some(Err(e)) => panic!("{e}"),
+            None => panic!("the stream ended as if complete"),
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_callers_running_do_gets_only() {
+    use arrow_flight::sql::{ActionCancelQueryRequest, ActionCancelQueryResult, Any};
+    use arrow_flight::{Action, CancelFlightInfoRequest, CancelStatus};
+
+    let f = fixture(4).await;
+    let mut ana = flight_client(&f, "ana").await;
+    let mut bob = flight_client(&f, "bob").await;
+    // Ten billion rows: it streams until stopped.
+    let long = statement("SELECT * FROM power, generate_series(1, 1000000) g");
+    let info = ana.get_flight_info(long.clone()).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = ana.do_get(ticket.clone()).await.unwrap();
+    assert_eq!(end_of(&mut stream, 2).await, None);
+
+    // Someone else's cancel answers CANCELLED (none of it runs for them)
+    // but stops nothing of ana's.
+    let result = bob
+        .cancel_flight_info(CancelFlightInfoRequest::new(info.clone()))
+        .await
+        .unwrap();
+    assert_eq!(result.status, CancelStatus::Cancelled as i32);
+    assert_eq!(end_of(&mut stream, 20).await, None);
+
+    let result = ana
+        .cancel_flight_info(CancelFlightInfoRequest::new(info.clone()))
+        .await
+        .unwrap();
+    assert_eq!(result.status, CancelStatus::Cancelled as i32);
+    // What was already on its way arrives first, then the error: never a
+    // clean end that would pass for the whole result.
+    assert_eq!(end_of(&mut stream, 10_000).await, Some(Code::Cancelled));
+    assert!(stream.next().await.is_none());
+
+    // The ticket still redeems; Flight SQL's older CancelQuery stops it too.
+    let mut again = ana.do_get(ticket).await.unwrap();
+    assert_eq!(end_of(&mut again, 2).await, None);
+    let request = ActionCancelQueryRequest {
+        info: info.encode_to_vec().into(),
+    };
+    let mut answers = ana
+        .do_action(Action::new("CancelQuery", request.as_any().encode_to_vec()))
+        .await
+        .unwrap();
+    let answer = answers.next().await.unwrap().unwrap();
+    let result: ActionCancelQueryResult = Any::decode(answer).unwrap().unpack().unwrap().unwrap();
+    assert_eq!(result.result, 1, "CANCEL_RESULT_CANCELLED");
+    assert_eq!(end_of(&mut again, 10_000).await, Some(Code::Cancelled));
+
+    // CancelFlightInfo is listed, and a request without an info is refused.
+    let actions: Vec<String> = ana
+        .list_actions()
+        .await
+        .unwrap()
+        .map(|a| a.unwrap().r#type)
+        .collect()
+        .await;
+    assert!(
+        actions.iter().any(|a| a == "CancelFlightInfo"),
+        "{actions:?}"
+    );
+    let err = ana
+        .do_action(Action::new("CancelFlightInfo", vec![0xff, 0x01]))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("CancelFlightInfoRequest"), "{err}");
     f.server.shutdown().await.unwrap();
 }
