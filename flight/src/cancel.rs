@@ -1,8 +1,9 @@
 //! Cancelling running DoGets. Every DoGet stream is registered under its
 //! caller and ticket while it runs; `CancelFlightInfo` (and Flight SQL's
 //! older `CancelQuery`) stops the caller's streams of the info's tickets,
-//! which then end with `CANCELLED` rather than look complete. Dropping the
-//! stream stops the query behind it.
+//! which then end with `CANCELLED` rather than look complete, and let go of
+//! their query at once. A DoGet is registered before its query is planned,
+//! so a cancel during planning counts too. Shutting down stops them all.
 //!
 //! Tickets are stateless (a statement ticket carries its SQL), so a cancel
 //! does not void one: redeeming it again runs the query again.
@@ -34,20 +35,21 @@ pub(crate) struct Running {
 struct Call {
     user: String,
     ticket: Bytes,
-    stop: watch::Sender<bool>,
+    /// Why the call must stop, once it must.
+    stop: watch::Sender<Option<&'static str>>,
 }
 
+const CANCELLED: &str =
+    "the query was cancelled (CancelFlightInfo); the rows sent so far are not the whole result";
+const SHUTTING_DOWN: &str =
+    "the server is shutting down; the rows sent so far are not the whole result";
+
 impl Running {
-    /// `stream`, registered until it ends or is dropped, and stoppable by
-    /// [`Running::cancel`].
-    pub(crate) fn track(
-        self: &Arc<Self>,
-        user: &str,
-        ticket: Bytes,
-        stream: BoxStream<FlightData>,
-    ) -> BoxStream<FlightData> {
+    /// Registers a DoGet before its query is planned, so that a cancel
+    /// during planning stops it too.
+    pub(crate) fn register(self: &Arc<Self>, user: &str, ticket: Bytes) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(None);
         self.calls.lock().insert(
             id,
             Call {
@@ -56,20 +58,13 @@ impl Running {
                 stop,
             },
         );
-        Box::pin(Tracked {
-            inner: stream,
-            stopped: Box::pin(async move {
-                // An error means the sender is gone: never cancelled.
-                if stopped.wait_for(|s| *s).await.is_err() {
-                    futures::future::pending::<()>().await;
-                }
-            }),
-            done: false,
-            _registered: Registered {
+        Registration {
+            stopped,
+            registered: Registered {
                 running: self.clone(),
                 id,
             },
-        })
+        }
     }
 
     /// Stops `user`'s DoGets of the tickets in `info`; returns how many.
@@ -83,15 +78,62 @@ impl Running {
         let mut stopped = 0;
         for call in self.calls.lock().values() {
             if call.user == user && tickets.contains(&&call.ticket) {
-                call.stop.send_replace(true);
+                call.stop.send_replace(Some(CANCELLED));
                 stopped += 1;
             }
         }
         stopped
     }
+
+    /// Stops every DoGet: the server is shutting down.
+    pub(crate) fn stop_all(&self) {
+        for call in self.calls.lock().values() {
+            call.stop.send_replace(Some(SHUTTING_DOWN));
+        }
+    }
 }
 
-/// Removes its call from [`Running`] when the stream goes.
+/// A registered DoGet whose stream is being made.
+pub(crate) struct Registration {
+    stopped: watch::Receiver<Option<&'static str>>,
+    registered: Registered,
+}
+
+impl Registration {
+    /// Runs `make` (the planning) unless the call is stopped first, then
+    /// wraps its stream so that a stop ends it.
+    pub(crate) async fn run<F>(self, make: F) -> Result<BoxStream<FlightData>, Status>
+    where
+        F: Future<Output = Result<BoxStream<FlightData>, Status>>,
+    {
+        let mut stopped = self.stopped.clone();
+        let inner = tokio::select! {
+            made = make => made?,
+            why = stop_reason(&mut stopped) => return Err(Status::cancelled(why)),
+        };
+        Ok(Box::pin(Tracked {
+            inner,
+            stopped: Box::pin(async move { stop_reason(&mut stopped).await }),
+            registered: Some(self.registered),
+        }))
+    }
+}
+
+/// Waits until the call must stop; never returns if it never must.
+async fn stop_reason(stopped: &mut watch::Receiver<Option<&'static str>>) -> &'static str {
+    let why = stopped
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .map(|why| why.unwrap_or(CANCELLED));
+    match why {
+        Some(why) => why,
+        // The sender lives in the registry as long as the registration.
+        None => futures::future::pending().await,
+    }
+}
+
+/// Removes its call from [`Running`] when dropped.
 struct Registered {
     running: Arc<Running>,
     id: u64,
@@ -105,27 +147,33 @@ impl Drop for Registered {
 
 struct Tracked {
     inner: BoxStream<FlightData>,
-    stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
-    done: bool,
-    _registered: Registered,
+    stopped: Pin<Box<dyn Future<Output = &'static str> + Send>>,
+    /// `None` once the stream has ended or was stopped.
+    registered: Option<Registered>,
+}
+
+impl Tracked {
+    /// Lets go of the query at once, whether or not the client reads on.
+    fn finish(&mut self) {
+        self.inner = Box::pin(futures::stream::empty());
+        self.registered = None;
+    }
 }
 
 impl Stream for Tracked {
     type Item = Result<FlightData, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
+        if self.registered.is_none() {
             return Poll::Ready(None);
         }
-        if self.stopped.as_mut().poll(cx).is_ready() {
-            self.done = true;
-            return Poll::Ready(Some(Err(Status::cancelled(
-                "the query was cancelled (CancelFlightInfo); the rows sent so far are not the whole result",
-            ))));
+        if let Poll::Ready(why) = self.stopped.as_mut().poll(cx) {
+            self.finish();
+            return Poll::Ready(Some(Err(Status::cancelled(why))));
         }
         let next = self.inner.poll_next_unpin(cx);
         if matches!(next, Poll::Ready(None)) {
-            self.done = true;
+            self.finish();
         }
         next
     }
@@ -147,29 +195,69 @@ mod tests {
         FlightInfo::new().with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
     }
 
+    async fn track(
+        running: &Arc<Running>,
+        ticket: &'static [u8],
+        n: usize,
+    ) -> BoxStream<FlightData> {
+        let registration = running.register("ana", Bytes::from_static(ticket));
+        registration
+            .run(async move { Ok(frames(n)) })
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn a_call_is_registered_while_its_stream_lives() {
+    async fn a_call_is_registered_until_its_stream_ends_or_goes() {
         let running = Arc::new(Running::default());
-        let done = running.track("ana", Bytes::from_static(b"t"), frames(3));
+        let mut ended = track(&running, b"t", 3).await;
         assert_eq!(running.calls.lock().len(), 1);
-        assert_eq!(done.collect::<Vec<_>>().await.len(), 3);
-        assert!(running.calls.lock().is_empty(), "ended");
-        let dropped = running.track("ana", Bytes::from_static(b"t"), frames(3));
-        drop(dropped);
+        assert_eq!(ended.by_ref().count().await, 3);
+        assert!(running.calls.lock().is_empty(), "ended, still held");
+        drop(track(&running, b"t", 3).await);
         assert!(running.calls.lock().is_empty(), "dropped");
     }
 
     #[tokio::test]
-    async fn cancel_matches_user_and_ticket() {
+    async fn cancel_matches_user_and_ticket_and_lets_go_at_once() {
         let running = Arc::new(Running::default());
-        let mut a = running.track("ana", Bytes::from_static(b"a"), frames(100));
-        let mut b = running.track("ana", Bytes::from_static(b"b"), frames(100));
+        let mut a = track(&running, b"a", 100).await;
+        let mut b = track(&running, b"b", 100).await;
         assert!(a.next().await.unwrap().is_ok());
         assert_eq!(running.cancel("bob", &info(b"a")), 0);
         assert_eq!(running.cancel("ana", &info(b"a")), 1);
         let status = a.next().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Cancelled);
+        assert_eq!(
+            running.calls.lock().len(),
+            1,
+            "a's call is gone before a goes"
+        );
         assert!(a.next().await.is_none());
         assert_eq!(b.by_ref().count().await, 100);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_during_planning_stops_the_call() {
+        let running = Arc::new(Running::default());
+        let registration = running.register("ana", Bytes::from_static(b"slow"));
+        let planning = registration.run(futures::future::pending());
+        let cancel = async {
+            tokio::task::yield_now().await;
+            running.cancel("ana", &info(b"slow"))
+        };
+        let (made, stopped) = tokio::join!(planning, cancel);
+        assert_eq!(stopped, 1);
+        assert_eq!(made.err().unwrap().code(), tonic::Code::Cancelled);
+        assert!(running.calls.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stop_all_says_the_server_is_shutting_down() {
+        let running = Arc::new(Running::default());
+        let mut a = track(&running, b"a", 100).await;
+        running.stop_all();
+        let status = a.next().await.unwrap().unwrap_err();
+        assert!(status.message().contains("shutting down"), "{status}");
     }
 }

@@ -156,18 +156,22 @@ impl FlightService for Gate {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         self.admit(&mut request, READ_ROLE)?;
         let user = caller(&request)?;
-        let ticket = request.get_ref().ticket.clone();
-        let stream: BoxStream<FlightData> = if plain::is_plain_ticket(request.get_ref()) {
-            Box::pin(plain::do_get(
-                self.sql.deps.store.clone(),
-                request.get_ref(),
-            )?)
-        } else {
-            FlightService::do_get(&*self.sql, request)
-                .await?
-                .into_inner()
-        };
-        Ok(Response::new(self.sql.running.track(&user, ticket, stream)))
+        let registration = self
+            .sql
+            .running
+            .register(&user, request.get_ref().ticket.clone());
+        let stream = registration
+            .run(async {
+                if plain::is_plain_ticket(request.get_ref()) {
+                    let stream = plain::do_get(self.sql.deps.store.clone(), request.get_ref())?;
+                    Ok(Box::pin(stream) as BoxStream<FlightData>)
+                } else {
+                    let response = FlightService::do_get(&*self.sql, request).await?;
+                    Ok(response.into_inner())
+                }
+            })
+            .await?;
+        Ok(Response::new(stream))
     }
 
     async fn do_put(

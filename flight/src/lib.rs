@@ -81,6 +81,7 @@ pub struct Deps {
 pub struct FlightServer {
     addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
+    running: Arc<cancel::Running>,
     task: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
 
@@ -88,6 +89,7 @@ impl FlightServer {
     /// Binds `opts.listen` and serves on the current tokio runtime.
     pub async fn start(opts: &FlightOptions, deps: Deps) -> Result<FlightServer> {
         let sql = sql::SqlService::new(deps, opts.max_prepared_per_user)?;
+        let running = sql.running.clone();
         let gate = gate::Gate { sql: Arc::new(sql) };
         let service = FlightServiceServer::new(gate)
             .max_decoding_message_size(opts.max_message_bytes)
@@ -119,7 +121,12 @@ impl FlightServer {
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));
-        Ok(FlightServer { addr, stop, task })
+        Ok(FlightServer {
+            addr,
+            stop,
+            running,
+            task,
+        })
     }
 
     /// Where the server listens (the real port when asked for port 0).
@@ -127,9 +134,12 @@ impl FlightServer {
         self.addr
     }
 
-    /// Stops accepting calls and waits for running ones to finish.
+    /// Stops accepting calls, stops running DoGets (their clients get
+    /// `CANCELLED`: the server is shutting down) and waits for the other
+    /// calls to finish.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
+        self.running.stop_all();
         match self.task.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Internal(format!("Flight server: {e}"))),

@@ -402,6 +402,23 @@ async fn cancel_stops_the_callers_running_do_gets_only() {
         .await
         .err()
         .unwrap();
-    assert!(err.to_string().contains("CancelFlightInfoRequest"), "{err}");
+    let arrow_flight::error::FlightError::Tonic(status) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        status.message().contains("CancelFlightInfoRequest"),
+        "{err}"
+    );
+
+    // Shutting down stops a running pull instead of waiting for it.
+    let mut endless = ana
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(end_of(&mut endless, 2).await, None);
     f.server.shutdown().await.unwrap();
+    let Some(Code::Cancelled) = end_of(&mut endless, 10_000).await else {
+        panic!("the pull went on past shutdown")
+    };
 }
