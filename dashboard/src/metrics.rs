@@ -129,7 +129,7 @@ fn text(app: &AppState) -> Response {
         &mut out,
         "wattson_store_writable",
         "gauge",
-        "1 while the store accepts writes; 0 while its disk is nearly full (until space is freed) or after an I/O failure poisoned its write-ahead log (until restarted)",
+        "1 while the store accepts writes; 0 while its disk is nearly full (until space is freed), while its write buffer is full and sealing it fails (until a seal succeeds), or after an I/O failure poisoned its write-ahead log (until restarted)",
         u64::from(app.store.write_failure().is_none()),
     );
     let wal = app.store.wal_stats();

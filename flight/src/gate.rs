@@ -26,7 +26,7 @@ use crate::auth::{self, READ_ROLE};
 use crate::cancel::BoxStream;
 use crate::error::Error;
 use crate::plain;
-use crate::sql::SqlService;
+use crate::sql::{SqlService, principal};
 
 /// How long a handshake without an `authorization` header may take to
 /// send its credentials message.
@@ -155,7 +155,7 @@ impl FlightService for Gate {
         mut request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         self.admit(&mut request, READ_ROLE)?;
-        let user = caller(&request)?;
+        let user = principal(&request)?.user;
         let registration = self
             .sql
             .running
@@ -234,7 +234,7 @@ impl Gate {
         &self,
         request: &Request<Action>,
     ) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
-        let user = caller(request)?;
+        let user = principal(request)?.user;
         let info = CancelFlightInfoRequest::decode(request.get_ref().body.clone())
             .ok()
             .and_then(|r| r.info)
@@ -255,13 +255,4 @@ impl Gate {
             Ok(body)
         }))))
     }
-}
-
-/// Who the gate admitted.
-fn caller<T>(request: &Request<T>) -> Result<String, Status> {
-    request
-        .extensions()
-        .get::<wattson_ingest::auth::Principal>()
-        .map(|p| p.user.clone())
-        .ok_or_else(|| Error::Internal("a call passed the gate unrecorded".into()).into())
 }

@@ -80,7 +80,7 @@ impl std::fmt::Debug for SqlService {
 }
 
 /// The caller, as the gate recorded them.
-fn principal<T>(req: &Request<T>) -> Result<Principal> {
+pub(crate) fn principal<T>(req: &Request<T>) -> Result<Principal> {
     req.extensions()
         .get::<Principal>()
         .cloned()

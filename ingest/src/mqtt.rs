@@ -16,7 +16,8 @@
 //!   [`MqttStats`] counts violations and must stay 0.
 //! - **A store that cannot write turns devices away**: while
 //!   [`Store::write_failure`] says why (a poisoned WAL, until a restart; a
-//!   nearly full disk, until space is freed), every PUBLISH (QoS 0 too)
+//!   nearly full disk, until space is freed; a full buffer that cannot be
+//!   sealed, until a seal succeeds), every PUBLISH (QoS 0 too)
 //!   closes its connection unstored, and CONNECTs are refused with
 //!   ServiceUnavailable, so meters keep their readings queued instead of
 //!   sending them into a store that drops them.

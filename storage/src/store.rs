@@ -287,6 +287,14 @@ impl DiskGuard {
 }
 
 impl Shared {
+    /// Why the last freeze or seal failed, if it did; lock-free otherwise.
+    fn seal_failure(&self) -> Option<String> {
+        if !self.seal_failing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.seal_failure.lock().clone()
+    }
+
     pub(crate) fn vfs(&self) -> &dyn Vfs {
         self.opts.vfs.as_ref()
     }
@@ -706,7 +714,7 @@ impl Store {
             if let Some(cause) = wal.is_poisoned() {
                 return Err(Error::WalPoisoned { cause });
             }
-            if let Some(cause) = self.shared.seal_failure.lock().clone() {
+            if let Some(cause) = self.shared.seal_failure() {
                 return Err(Error::SealFailing { cause });
             }
             self.shared.request_seal();
@@ -994,9 +1002,8 @@ impl Store {
             return Some(Error::WalPoisoned { cause });
         }
         let shared = &self.shared;
-        if shared.seal_failing.load(Ordering::Acquire)
+        if let Some(cause) = shared.seal_failure()
             && shared.buffered_bytes() >= shared.opts.buffer_bytes
-            && let Some(cause) = shared.seal_failure.lock().clone()
         {
             return Some(Error::SealFailing { cause });
         }

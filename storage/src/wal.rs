@@ -203,8 +203,8 @@ impl<T: Send + 'static> Wal<T> {
 
         // A killed process leaves unsynced records in the page cache, where
         // `replay` saw them: make them durable before anything builds on them.
-        // They are in the newest file with records, which a failed rotation
-        // may have left before a header-only one.
+        // They are in the newest file that holds records: the last file may
+        // be a header-only one (a rotation, then the kill).
         if let Some(last) = rec
             .segments
             .iter()
