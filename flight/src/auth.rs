@@ -90,13 +90,13 @@ pub(crate) async fn login(
     verifier: &Verifier,
     tokens: &TokenStore,
     creds: &Credentials,
-    peer: Option<IpAddr>,
+    peer: IpAddr,
 ) -> Result<String> {
     let role = verifier
-        .verify_async(&creds.user, &creds.password, peer)
+        .verify_async(&creds.user, &creds.password, Some(peer))
         .await?;
     if !role.is_person() {
-        tracing::info!(user = %creds.user, peer = ?peer, "flight login refused: device credentials");
+        tracing::info!(user = %creds.user, %peer, "flight login refused: device credentials");
         return Err(Error::PermissionDenied(
             "device credentials cannot use Flight; log in as an analyst or admin".into(),
         ));
@@ -111,7 +111,7 @@ pub(crate) async fn login(
     let token = tokens
         .issue(&creds.user)
         .ok_or_else(|| Error::Unavailable("no token could be issued; try again".into()))?;
-    tracing::info!(user = %creds.user, role = role.as_str(), peer = ?peer, "flight login");
+    tracing::info!(user = %creds.user, role = role.as_str(), %peer, "flight login");
     Ok(token)
 }
 

@@ -52,6 +52,46 @@ pub enum Error {
     /// A broken invariant on our side (a task that panicked, say).
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// A put failed after some of its rows were stored (they stay stored:
+    /// a put is durable batch by batch, not as a whole).
+    #[error("{cause} ({stored} rows of this put were stored before it)")]
+    PutStoppedAfter { stored: u64, cause: Box<Error> },
+}
+
+impl Error {
+    fn code(&self) -> Code {
+        use wattson_query::Error as Q;
+        use wattson_storage::Error as S;
+        match self {
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Query(q) => match q {
+                Q::Plan(_) => Code::InvalidArgument,
+                Q::NotAllowed(_) => Code::PermissionDenied,
+                Q::Timeout(_) => Code::DeadlineExceeded,
+                Q::ResourcesExhausted(_) => Code::ResourceExhausted,
+                Q::Storage(_) | Q::Execution(_) => Code::Internal,
+            },
+            Error::Storage(s) => match s {
+                S::TypeConflict { .. }
+                | S::InvalidInput(_)
+                | S::BeyondRetention { .. }
+                | S::UnknownColumn { .. } => Code::InvalidArgument,
+                S::UnknownTable(_) => Code::NotFound,
+                S::DiskFull { .. } => Code::ResourceExhausted,
+                S::WalPoisoned { .. } | S::SealFailing { .. } => Code::Unavailable,
+                _ => Code::Internal,
+            },
+            Error::Arrow(_) => Code::InvalidArgument,
+            Error::Startup(_) | Error::Internal(_) => Code::Internal,
+            Error::PutStoppedAfter { cause, .. } => cause.code(),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,35 +125,7 @@ impl From<AuthError> for Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        use wattson_query::Error as Q;
-        use wattson_storage::Error as S;
-        let code = match &e {
-            Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) => Code::NotFound,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Unavailable(_) => Code::Unavailable,
-            Error::Query(q) => match q {
-                Q::Plan(_) => Code::InvalidArgument,
-                Q::NotAllowed(_) => Code::PermissionDenied,
-                Q::Timeout(_) => Code::DeadlineExceeded,
-                Q::ResourcesExhausted(_) => Code::ResourceExhausted,
-                Q::Storage(_) | Q::Execution(_) => Code::Internal,
-            },
-            Error::Storage(s) => match s {
-                S::TypeConflict { .. }
-                | S::InvalidInput(_)
-                | S::BeyondRetention { .. }
-                | S::UnknownColumn { .. } => Code::InvalidArgument,
-                S::UnknownTable(_) => Code::NotFound,
-                S::DiskFull { .. } => Code::ResourceExhausted,
-                S::WalPoisoned { .. } | S::SealFailing { .. } => Code::Unavailable,
-                _ => Code::Internal,
-            },
-            Error::Arrow(_) => Code::InvalidArgument,
-            Error::Startup(_) | Error::Internal(_) => Code::Internal,
-        };
+        let code = e.code();
         if code == Code::Internal {
             tracing::error!(error = %e, "flight call failed");
         }

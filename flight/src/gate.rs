@@ -20,7 +20,7 @@ use futures::StreamExt;
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
-use wattson_ingest::auth::Role;
+use wattson_ingest::auth::{Role, UNKNOWN_SOURCE};
 
 use crate::auth::{self, READ_ROLE};
 use crate::cancel::BoxStream;
@@ -61,7 +61,9 @@ impl FlightService for Gate {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        let peer = request.remote_addr().map(|a| a.ip());
+        // Never unthrottled: a connection without an address (not TCP) is
+        // throttled with the others that have none.
+        let peer = request.remote_addr().map_or(UNKNOWN_SOURCE, |a| a.ip());
         let (metadata, _, mut stream) = request.into_parts();
         // Clients with header credentials may send no message at all, or
         // keep the stream open: only wait when the header is absent.
@@ -78,7 +80,7 @@ impl FlightService for Gate {
         let token = match auth::login(&deps.verifier, &deps.tokens, &creds, peer).await {
             Ok(t) => t,
             Err(e) => {
-                tracing::info!(user = %creds.user, peer = ?peer, error = %e, "flight login failed");
+                tracing::info!(user = %creds.user, %peer, error = %e, "flight login failed");
                 return Err(e.into());
             }
         };

@@ -17,11 +17,13 @@
 //! - Messages are bounded in both directions; TLS is optional.
 //!
 //! [`FlightServer::start`] binds and serves; [`FlightServer::shutdown`]
-//! stops accepting and lets running calls finish. `docs/flight.md` has the
+//! stops accepting, ends running `DoGet`s with `CANCELLED` and lets other
+//! calls finish. `docs/flight.md` has the
 //! protocol details.
 
 mod auth;
 mod cancel;
+mod encode;
 mod error;
 mod gate;
 mod metadata;

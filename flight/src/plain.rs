@@ -17,7 +17,6 @@
 
 use std::sync::Arc;
 
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use datafusion::arrow::array::RecordBatch;
@@ -28,6 +27,7 @@ use tonic::Status;
 use wattson_storage::model::{DEVICE_COLUMN, TIME_COLUMN};
 use wattson_storage::{Month, ScanRequest, Store, table_schema};
 
+use crate::encode::flight_data;
 use crate::error::{Error, Result};
 
 /// Largest number of devices or columns one command may name.
@@ -272,10 +272,7 @@ pub(crate) fn do_get(
     });
     let batches = tokio_stream::wrappers::ReceiverStream::new(rx)
         .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(Status::from(e))));
-    Ok(FlightDataEncoderBuilder::new()
-        .with_schema(schema)
-        .build(batches)
-        .map_err(Status::from))
+    Ok(flight_data(schema, batches).map_err(Status::from))
 }
 
 #[cfg(test)]

@@ -5,16 +5,19 @@
 //!
 //! Channel types follow the Arrow types: floats are f64, integers i64,
 //! booleans bool, strings str; a null leaves that channel out of that
-//! reading. Memory per put is one decoded batch (bounded by the gRPC message
-//! limit) plus one append chunk of readings.
+//! reading. A batch is checked whole before any of it is appended, so a bad
+//! row refuses its batch; earlier batches stay stored, and the error says
+//! how many rows that was. Memory per put is one decoded batch (bounded by
+//! the gRPC message limit) plus one append chunk of readings.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
 use datafusion::arrow::datatypes::{
     DataType, Float64Type, Int64Type, TimeUnit, TimestampNanosecondType,
 };
@@ -58,111 +61,185 @@ fn kind(name: &str, dt: &DataType) -> Result<Kind> {
 }
 
 /// Imports the stream into `table`; returns the rows stored.
+///
+/// Each batch is checked whole before any of it is appended, so a batch
+/// with a bad row stores nothing. Batches before it stay stored: the error
+/// then says how many rows were.
 pub(crate) async fn import(
     store: Arc<Store>,
     table: &str,
     stream: PeekableFlightDataStream,
 ) -> Result<u64> {
     wattson_storage::model::validate_table_name(table)?;
+    let mut stored = 0u64;
+    match import_batches(store, table, stream, &mut stored).await {
+        Ok(()) => Ok(stored),
+        Err(cause) if stored > 0 => Err(Error::PutStoppedAfter {
+            stored,
+            cause: Box::new(cause),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+async fn import_batches(
+    store: Arc<Store>,
+    table: &str,
+    stream: PeekableFlightDataStream,
+    stored: &mut u64,
+) -> Result<()> {
     let mut batches =
         FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from));
-    let mut stored = 0u64;
     while let Some(batch) = batches.next().await {
         let batch = batch.map_err(|e| match e {
             FlightError::Arrow(a) => Error::Arrow(a),
             other => Error::InvalidArgument(format!("reading the put stream: {other}")),
         })?;
+        let checked = Arc::new(Checked::new(table, &batch)?);
         let mut offset = 0;
         while offset < batch.num_rows() {
-            let len = CHUNK_ROWS.min(batch.num_rows() - offset);
-            let chunk = to_readings(table, &batch.slice(offset, len))?;
-            offset += len;
-            let store = store.clone();
+            let rows = offset..CHUNK_ROWS.min(batch.num_rows() - offset) + offset;
+            offset = rows.end;
+            let (store, checked) = (store.clone(), checked.clone());
             // The append waits for fdatasync: off the async threads.
-            let receipt = tokio::task::spawn_blocking(move || store.append(chunk))
+            let receipt = tokio::task::spawn_blocking(move || store.append(checked.readings(rows)))
                 .await
                 .map_err(|e| Error::Internal(format!("append task: {e}")))??;
-            stored += receipt.rows as u64;
+            *stored += receipt.rows as u64;
         }
     }
-    Ok(stored)
+    Ok(())
 }
 
-fn to_readings(table: &str, batch: &RecordBatch) -> Result<Vec<Reading>> {
-    let schema = batch.schema();
-    let column = |name: &str| -> Result<&ArrayRef> {
-        schema
-            .index_of(name)
-            .map(|i| batch.column(i))
-            .map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "the batch has no `{name}` column; a put needs `time` (timestamp), `device` (string) and channel columns"
-                ))
-            })
-    };
-    let time = column(TIME_COLUMN)?;
-    if !matches!(time.data_type(), DataType::Timestamp(_, _)) {
-        return Err(Error::InvalidArgument(format!(
-            "`time` has type {}; it must be a timestamp",
-            time.data_type()
-        )));
-    }
-    let time = cast(time, &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
-    let times = time.as_primitive::<TimestampNanosecondType>();
-    let device = cast(column(DEVICE_COLUMN)?, &DataType::Utf8)
-        .map_err(|_| Error::InvalidArgument("`device` must be a string column".into()))?;
-    let devices = device.as_string::<i32>();
-    let mut channels = Vec::new();
-    for (i, field) in schema.fields().iter().enumerate() {
-        let name = field.name();
-        if name == TIME_COLUMN || name == DEVICE_COLUMN {
-            continue;
-        }
-        let k = kind(name, field.data_type())?;
-        let array = match k {
-            Kind::F64 => cast(batch.column(i), &DataType::Float64)?,
-            Kind::I64 => cast(batch.column(i), &DataType::Int64)?,
-            Kind::Str => cast(batch.column(i), &DataType::Utf8)?,
-            Kind::Bool => batch.column(i).clone(),
+/// A batch whose every row is known to make a valid reading: times in
+/// range, devices named, channel types known.
+struct Checked {
+    table: Arc<str>,
+    times: ArrayRef,
+    devices: ArrayRef,
+    channels: Vec<(Arc<str>, Kind, ArrayRef)>,
+}
+
+impl Checked {
+    fn new(table: &str, batch: &RecordBatch) -> Result<Checked> {
+        let schema = batch.schema();
+        let column = |name: &str| -> Result<&ArrayRef> {
+            schema
+                .index_of(name)
+                .map(|i| batch.column(i))
+                .map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "the batch has no `{name}` column; a put needs `time` (timestamp), `device` (string) and channel columns"
+                    ))
+                })
         };
-        channels.push((Arc::<str>::from(name.as_str()), k, array));
-    }
-    let table: Arc<str> = Arc::from(table);
-    // Rows of one device usually come together: they share its name.
-    let mut device: Option<Arc<str>> = None;
-    let mut out = Vec::with_capacity(batch.num_rows());
-    for row in 0..batch.num_rows() {
-        if times.is_null(row) || devices.is_null(row) {
+        let time = column(TIME_COLUMN)?;
+        if !matches!(time.data_type(), DataType::Timestamp(_, _)) {
             return Err(Error::InvalidArgument(format!(
-                "row {row} of a batch has a null `time` or `device`"
+                "`time` has type {}; it must be a timestamp",
+                time.data_type()
             )));
         }
-        let mut values = Vec::with_capacity(channels.len());
-        for (name, k, array) in &channels {
-            if array.is_null(row) {
+        let strict = CastOptions {
+            safe: false,
+            ..CastOptions::default()
+        };
+        let times = cast_with_options(
+            time,
+            &DataType::Timestamp(TimeUnit::Nanosecond, None),
+            &strict,
+        )
+        .map_err(|e| Error::InvalidArgument(format!("`time` does not fit in nanoseconds: {e}")))?;
+        let devices = cast(column(DEVICE_COLUMN)?, &DataType::Utf8)
+            .map_err(|_| Error::InvalidArgument("`device` must be a string column".into()))?;
+        for (name, array) in [(TIME_COLUMN, &times), (DEVICE_COLUMN, &devices)] {
+            if let Some(row) = (0..array.len()).find(|&row| array.is_null(row)) {
+                return Err(Error::InvalidArgument(format!(
+                    "row {row} of a batch has a null `{name}`; nothing of the batch was stored"
+                )));
+            }
+        }
+        for (row, time) in times
+            .as_primitive::<TimestampNanosecondType>()
+            .values()
+            .iter()
+            .enumerate()
+        {
+            wattson_storage::model::validate_time(table, *time).map_err(|e| {
+                Error::InvalidArgument(format!("row {row}: {e}; nothing of the batch was stored"))
+            })?;
+        }
+        let mut last: Option<&str> = None;
+        for (row, name) in devices.as_string::<i32>().iter().enumerate() {
+            let name = name.unwrap_or_default();
+            if last != Some(name) {
+                wattson_storage::model::validate_device_name(name).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "row {row}: {e}; nothing of the batch was stored"
+                    ))
+                })?;
+                last = Some(name);
+            }
+        }
+        let mut channels = Vec::new();
+        for (i, field) in schema.fields().iter().enumerate() {
+            let name = field.name();
+            if name == TIME_COLUMN || name == DEVICE_COLUMN {
                 continue;
             }
-            let v = match k {
-                Kind::F64 => Value::F64(array.as_primitive::<Float64Type>().value(row)),
-                Kind::I64 => Value::I64(array.as_primitive::<Int64Type>().value(row)),
-                Kind::Bool => Value::Bool(array.as_boolean().value(row)),
-                Kind::Str => Value::Str(array.as_string::<i32>().value(row).to_owned()),
+            wattson_storage::model::validate_channel_name(name)?;
+            let k = kind(name, field.data_type())?;
+            let array = match k {
+                Kind::F64 => cast(batch.column(i), &DataType::Float64)?,
+                Kind::I64 => cast(batch.column(i), &DataType::Int64)?,
+                Kind::Str => cast(batch.column(i), &DataType::Utf8)?,
+                Kind::Bool => batch.column(i).clone(),
             };
-            values.push((name.clone(), v));
+            channels.push((Arc::<str>::from(name.as_str()), k, array));
         }
-        let name = devices.value(row);
-        let device = match &device {
-            Some(d) if **d == *name => d.clone(),
-            _ => device.insert(Arc::from(name)).clone(),
-        };
-        out.push(Reading {
-            table: table.clone(),
-            device,
-            time: times.value(row),
-            values,
-        });
+        Ok(Checked {
+            table: Arc::from(table),
+            times,
+            devices,
+            channels,
+        })
     }
-    Ok(out)
+
+    /// The readings of `rows`.
+    fn readings(&self, rows: Range<usize>) -> Vec<Reading> {
+        let times = self.times.as_primitive::<TimestampNanosecondType>();
+        let devices = self.devices.as_string::<i32>();
+        // Rows of one device usually come together: they share its name.
+        let mut device: Option<Arc<str>> = None;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut values = Vec::with_capacity(self.channels.len());
+            for (name, k, array) in &self.channels {
+                if array.is_null(row) {
+                    continue;
+                }
+                let v = match k {
+                    Kind::F64 => Value::F64(array.as_primitive::<Float64Type>().value(row)),
+                    Kind::I64 => Value::I64(array.as_primitive::<Int64Type>().value(row)),
+                    Kind::Bool => Value::Bool(array.as_boolean().value(row)),
+                    Kind::Str => Value::Str(array.as_string::<i32>().value(row).to_owned()),
+                };
+                values.push((name.clone(), v));
+            }
+            let name = devices.value(row);
+            let device = match &device {
+                Some(d) if **d == *name => d.clone(),
+                _ => device.insert(Arc::from(name)).clone(),
+            };
+            out.push(Reading {
+                table: self.table.clone(),
+                device,
+                time: times.value(row),
+                values,
+            });
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -191,7 +268,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let r = to_readings("power", &batch).unwrap();
+        let r = Checked::new("power", &batch).unwrap().readings(0..2);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].time, 1_000_000);
         assert_eq!(r[0].values, vec![(Arc::from("pa_v"), Value::F64(230.0))]);
@@ -207,7 +284,7 @@ mod tests {
         )]));
         let batch =
             RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["m1"]))]).unwrap();
-        let err = to_readings("power", &batch).unwrap_err().to_string();
+        let err = Checked::new("power", &batch).err().unwrap().to_string();
         assert!(err.contains("`time`"), "{err}");
     }
 }

@@ -16,7 +16,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
@@ -45,6 +44,7 @@ use tonic::{Request, Response, Status, Streaming};
 use wattson_ingest::auth::{Principal, Role};
 
 use crate::cancel::Running;
+use crate::encode::flight_data;
 use crate::error::{Error, Result, from_datafusion};
 use crate::{Deps, metadata, put};
 
@@ -97,12 +97,7 @@ pub(crate) fn encode(stream: SendableRecordBatchStream) -> DoGetStream {
     let schema = stream.schema();
     let batches =
         stream.map_err(|e| FlightError::Tonic(Box::new(Status::from(from_datafusion(e)))));
-    Box::pin(
-        FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map_err(Status::from),
-    )
+    Box::pin(flight_data(schema, batches).map_err(Status::from))
 }
 
 /// The answer to a metadata DoGet: one built batch.
@@ -112,10 +107,7 @@ fn answer_one<E: Into<Error>>(
 ) -> Result<Response<DoGetStream>, Status> {
     let batch = batch.map_err(|e| FlightError::Tonic(Box::new(Status::from(e.into()))));
     Ok(Response::new(Box::pin(
-        FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(futures::stream::once(async { batch }))
-            .map_err(Status::from),
+        flight_data(schema, futures::stream::once(async { batch })).map_err(Status::from),
     )))
 }
 

@@ -80,7 +80,7 @@ mod verifier;
 #[cfg(test)]
 mod tests;
 
-pub use limits::{AuthPolicy, Clock, ManualClock, SystemClock};
+pub use limits::{AuthPolicy, Clock, ManualClock, SystemClock, UNKNOWN_SOURCE};
 pub use role::Role;
 pub use store::{AuthStats, Entry, EntryKind, UserStore};
 pub use tokens::{Principal, TOKEN_PREFIX, TokenError, TokenStore};

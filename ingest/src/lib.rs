@@ -22,6 +22,7 @@
 pub mod auth;
 mod error;
 pub mod live;
+mod log_limit;
 pub mod mqtt;
 pub mod payload;
 pub mod router;

@@ -89,7 +89,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
@@ -101,6 +101,7 @@ use wattson_storage::clock::Clock;
 
 use crate::auth::Verifier;
 use crate::live::LivePublisher;
+use crate::log_limit::LogLimiter;
 use crate::payload::{Decoder, IngestCounters, TopicMap};
 use crate::{Error, Result};
 use appender::Appender;
@@ -477,41 +478,6 @@ impl Sessions {
         let mut map = self.by_device.lock();
         if map.get(device).is_some_and(|(held, _)| *held == id) {
             map.remove(device);
-        }
-    }
-}
-
-/// Logs at warn at most once per `every` per key (debug in between), so one
-/// misconfigured device cannot flood the log.
-#[derive(Debug)]
-struct LogLimiter {
-    every: Duration,
-    last: Mutex<HashMap<String, Instant>>,
-}
-
-impl LogLimiter {
-    fn new(every: Duration) -> Self {
-        LogLimiter {
-            every,
-            last: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// True when `key` should be logged loudly now.
-    fn allow(&self, key: &str) -> bool {
-        let now = Instant::now();
-        let mut last = self.last.lock();
-        if last.len() > 10_000 {
-            // Bounded memory against id spraying; forgetting only makes
-            // the next messages loud again.
-            last.clear();
-        }
-        match last.get(key) {
-            Some(t) if now.duration_since(*t) < self.every => false,
-            _ => {
-                last.insert(key.to_owned(), now);
-                true
-            }
         }
     }
 }

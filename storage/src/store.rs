@@ -321,6 +321,15 @@ impl Shared {
         }
     }
 
+    /// Wakes appends waiting for buffer space. Taking `space_lock` first
+    /// puts the wake either before a waiter's checks (which then see the new
+    /// state) or after it started waiting (which then hears it), never
+    /// between the two, where it would be lost.
+    pub(crate) fn wake_space_waiters(&self) {
+        drop(self.space_lock.lock());
+        self.space.notify_all();
+    }
+
     fn request_seal(&self) {
         *self.seal_wanted.lock() = true;
         self.seal_signal.notify_all();
@@ -366,10 +375,13 @@ impl Shared {
     }
 
     fn buffered_bytes(&self) -> usize {
-        // Lock order is state, then pending: never hold `pending` while
-        // taking `state`.
+        // The queue is read under the state lock, which an apply holds while
+        // it moves bytes from the queue into the buffer: read outside it,
+        // those bytes could be counted twice, and a buffer far from full
+        // refuse an append. (Lock order is state, then pending.)
+        let state = self.state.read();
         let queued = self.pending.lock().bytes;
-        queued + self.state.read().buffered_bytes()
+        queued + state.buffered_bytes()
     }
 }
 
@@ -1045,7 +1057,7 @@ impl Store {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.request_seal();
         self.shared.apply_signal.notify_all();
-        self.shared.space.notify_all();
+        self.shared.wake_space_waiters();
         for t in self.threads.lock().drain(..) {
             if t.join().is_err() {
                 tracing::error!("a storage background thread panicked");

@@ -383,6 +383,41 @@ try:
     raise SystemExit("bad schema accepted")
 except pa.ArrowException as e:
     assert "`time`" in str(e), str(e)
+
+def put(table, *batches):
+    w, _ = client.do_put(fl.FlightDescriptor.for_path(table), batches[0].schema, options=o)
+    try:
+        for b in batches:
+            w.write_batch(b)
+        w.done_writing()
+        w.close()
+    except pa.ArrowException as e:
+        return str(e)
+    raise SystemExit(f"put into {table} accepted")
+
+def rows(table):
+    cmd = json.dumps({"table": table}).encode()
+    info = client.get_flight_info(fl.FlightDescriptor.for_command(cmd), options=o)
+    return sum(client.do_get(e.ticket, options=o).read_all().num_rows for e in info.endpoints)
+
+# A batch with one bad row stores none of its rows (it spans three append
+# chunks); the batches before it stay stored, and the error says so.
+def batch(n, start, bad_row=None):
+    return pa.record_batch([
+        pa.array([1_656_633_600_000 + (start + i) * 1000 for i in range(n)], pa.timestamp("ms")),
+        pa.array([None if i == bad_row else "m1" for i in range(n)]),
+        pa.array([1.0] * n),
+    ], names=["time", "device", "p"])
+err = put("partial", batch(100, 0), batch(20000, 100, bad_row=19000))
+assert "row 19000" in err and "null `device`" in err, err
+assert "100 rows of this put were stored before it" in err, err
+assert rows("partial") == 100, rows("partial")
+# A time that does not fit in nanoseconds is named as such, not as a null.
+far = pa.record_batch([
+    pa.array([10**12], pa.timestamp("s")), pa.array(["m1"]), pa.array([1.0]),
+], names=["time", "device", "p"])
+err = put("partial", far)
+assert "does not fit in nanoseconds" in err and "rows of this put" not in err, err
 print("ok")
 "#,
         port,

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -207,6 +207,12 @@ struct Bucket {
 /// Shared by every new address while the table is full of active buckets,
 /// so a flood from many addresses is throttled as one.
 const OVERFLOW_KEY: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// The source of logins from a listener that cannot tell its clients'
+/// addresses apart (rumqttd's auth hook is given none): they all share one
+/// bucket, so guessing through that listener is held to the same rate as
+/// from one address. No client ever has this address.
+pub const UNKNOWN_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
 impl AddrThrottle {
     pub(crate) fn new(policy: &AuthPolicy) -> Self {

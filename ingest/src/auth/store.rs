@@ -361,8 +361,9 @@ impl UserStore {
     /// async code should use [`Verifier`](super::Verifier) instead. A device
     /// secret costs a keyed hash (microseconds).
     ///
-    /// `source` is the client's address, throttled before any hashing;
-    /// `None` for local callers such as the CLI. The caller checks the role
+    /// `source` is the client's address, throttled before any hashing
+    /// ([`UNKNOWN_SOURCE`](super::UNKNOWN_SOURCE) when the listener cannot
+    /// tell it); `None` for local callers such as the CLI. The caller checks the role
     /// with [`Role::allows`] (MQTT needs `Role::Device`, Flight
     /// `Role::Analyst`, and so on). The password is never logged.
     pub fn verify(

@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use rumqttd::ServerSettings;
 
-use crate::auth::Verifier;
+use crate::auth::{UNKNOWN_SOURCE, Verifier};
+use crate::log_limit::LogLimiter;
 
 /// Client ids Wattson uses for its own links. A remote client with the same
 /// id as a local link would kick that link out of the router.
@@ -35,10 +37,12 @@ pub(super) fn install(
     verifier: Verifier,
     counters: Arc<LoginCounters>,
 ) {
+    let refusals = Arc::new(LogLimiter::new(Duration::from_secs(60)));
     server.set_auth_handler(
         move |client_id: String, username: String, password: String| {
             let verifier = verifier.clone();
             let counters = Arc::clone(&counters);
+            let refusals = Arc::clone(&refusals);
             async move {
                 let verdict = decide(&verifier, &client_id, &username, &password).await;
                 match verdict {
@@ -49,13 +53,23 @@ pub(super) fn install(
                     }
                     Err(reason) => {
                         counters.refused.fetch_add(1, Ordering::Relaxed);
-                        // Never the password: only who and why.
-                        tracing::warn!(
-                            client_id,
-                            username,
-                            reason,
-                            "live subscriber login refused"
-                        );
+                        // Never the password: only who and why. Loud once a
+                        // minute per name, so a guesser cannot flood the log.
+                        if refusals.allow(&username) {
+                            tracing::warn!(
+                                client_id,
+                                username,
+                                reason,
+                                "live subscriber login refused"
+                            );
+                        } else {
+                            tracing::debug!(
+                                client_id,
+                                username,
+                                reason,
+                                "live subscriber login refused"
+                            );
+                        }
                         false
                     }
                 }
@@ -86,9 +100,12 @@ async fn decide(
             "client id must be non-empty and must not start with `{RESERVED_PREFIX}`"
         ));
     }
-    // The auth hook is not given the peer address, so no per-address
-    // throttling here; per-account lockout still applies.
-    match verifier.verify_async(username, password, None).await {
+    // The auth hook is not given the peer address: every subscriber login
+    // shares one throttle bucket (and per-account lockout applies).
+    match verifier
+        .verify_async(username, password, Some(UNKNOWN_SOURCE))
+        .await
+    {
         Ok(role) if role.is_person() => Ok(()),
         Ok(_) => Err("device credentials are for the device listener, not for subscribing".into()),
         Err(e) => Err(e.to_string()),

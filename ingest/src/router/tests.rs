@@ -10,7 +10,7 @@ use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, Incoming, MqttOp
 use tokio::time::timeout;
 
 use super::*;
-use crate::auth::{Role, UserStore};
+use crate::auth::{AuthPolicy, Role, UserStore};
 use crate::live::LivePublisher;
 
 const PERSON: &str = "alice";
@@ -38,8 +38,12 @@ fn free_addr() -> SocketAddr {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(AuthPolicy::default())
+}
+
+fn fixture_with(policy: AuthPolicy) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(UserStore::open(dir.path()).unwrap());
+    let store = Arc::new(UserStore::open_with(dir.path(), policy).unwrap());
     store.add_user(PERSON, Role::Viewer, GOOD).unwrap();
     let device_secret = store.add_device("m1").unwrap();
     let verifier = Verifier::with_limits(store, 2, 16).unwrap();
@@ -156,6 +160,35 @@ async fn only_people_with_valid_passwords_and_free_client_ids_connect() {
     subscribe(&client, &mut events, "meters/#").await;
     assert!(f.broker.handle().publish("meters/m1/power", b"1"));
     assert_eq!(next_publish(&mut events).await.1, b"1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_subscriber_logins_share_one_throttle() {
+    // rumqttd does not tell the auth hook who is connecting, so the whole
+    // listener is throttled as one address.
+    let f = fixture_with(AuthPolicy {
+        addr_burst: 2,
+        addr_refill: Duration::from_secs(3600),
+        ..AuthPolicy::default()
+    });
+    let port = f.port();
+    // Wrong meter secrets: failures that cost no argon2 work.
+    for client in ["guess-1", "guess-2"] {
+        let wrong = connect(port, client, Some(("m1", "not the secret"))).await;
+        assert!(wrong.is_err(), "a wrong secret connected");
+    }
+    let store = f.verifier.store();
+    assert_eq!(store.stats().throttled, 0);
+    // From another client, with the right password: throttled, not hashed.
+    let right = connect(port, "ha", Some((PERSON, GOOD))).await;
+    assert!(right.is_err(), "connected past the throttle");
+    assert_eq!(store.stats().throttled, 1);
+    assert_eq!(store.stats().succeeded, 0);
+    // Logins that come with an address keep their own buckets.
+    let elsewhere = f
+        .verifier
+        .verify_blocking(PERSON, GOOD, Some("192.0.2.7".parse().unwrap()));
+    assert_eq!(elsewhere, Ok(Role::Viewer));
 }
 
 #[test]

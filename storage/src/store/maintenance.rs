@@ -42,8 +42,9 @@ pub(super) fn seal_loop(shared: &Shared, wal: &StoreWal) {
             return;
         }
         let (active_bytes, frozen) = {
-            let queued = shared.pending.lock().bytes;
+            // Under the state lock, as in `buffered_bytes`.
             let state = shared.state.read();
+            let queued = shared.pending.lock().bytes;
             (state.active.bytes() + queued, state.frozen.len())
         };
         let due = active_bytes > 0 && last_freeze.elapsed() >= shared.opts.seal_interval;
@@ -101,7 +102,7 @@ fn note_seal(shared: &Shared, failure: Option<&Error>) {
     shared.seal_failing.store(slot.is_some(), Ordering::Release);
     drop(slot);
     if failure.is_some() {
-        shared.space.notify_all();
+        shared.wake_space_waiters();
     }
 }
 
@@ -126,7 +127,7 @@ fn seal_frozen(shared: &Shared, wal: &StoreWal) -> Result<()> {
             }
             state.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
         }
-        shared.space.notify_all();
+        shared.wake_space_waiters();
         // The rows are sealed whatever happens next: a WAL file that cannot
         // be deleted only means the next open replays rows the segments
         // already hold, and skips them. Not a failed seal, then.
