@@ -4,7 +4,8 @@
 //! live here, so that the CLI (`main.rs`), the criterion benches and the
 //! integration tests share one implementation:
 //!
-//! - [`bench`] runs `wattson bench storage`.
+//! - [`bench`] runs `wattson bench storage|ingest|query|flight|dashboard`,
+//!   each measuring the real path (release builds for real figures).
 //! - [`demo`] runs `wattson demo`: the server plus simulated meters.
 //! - [`serve`] runs `wattson serve` and holds its configuration.
 //! - [`simdata`] generates realistic meter readings in the seed system's

@@ -21,7 +21,9 @@ use wattson_storage::{ScanRequest, Store, StoreOptions};
 #[derive(Debug, Parser)]
 #[command(name = "wattson", version, propagate_version = true)]
 struct Cli {
-    /// The data directory. One process at a time may use it.
+    /// The data directory. One process at a time may write readings to it
+    /// (`serve`, `import`, `demo`); `sql`, `export` and user and device
+    /// changes also work beside a running server.
     #[arg(
         long,
         global = true,
@@ -31,7 +33,13 @@ struct Cli {
     data_dir: PathBuf,
 
     /// Log filter, as in RUST_LOG (for example `info` or `wattson_storage=debug`).
-    #[arg(long, global = true, env = "WATTSON_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "WATTSON_LOG",
+        default_value = "info",
+        value_parser = log_filter
+    )]
     log: String,
 
     #[command(subcommand)]
@@ -40,9 +48,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: meters publish over MQTT, people subscribe to live
-    /// readings. Needs an admin account (`wattson user add NAME --role
-    /// admin`). Stops cleanly on SIGINT or SIGTERM.
+    /// Run the server: meters publish over MQTT (1883), people subscribe to
+    /// live readings (1884), analysts query over Arrow Flight and Flight SQL
+    /// (50051) and use the dashboard and HTTP API (8080). Needs an admin
+    /// account (`wattson user add NAME --role admin`). Stops cleanly on
+    /// SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Show the configuration.
     Config {
@@ -58,6 +68,9 @@ enum Command {
     /// Bad rows are reported with their line number.
     Import(ImportArgs),
     /// Export readings of one table to CSV or Parquet.
+    ///
+    /// The data directory is opened read-only, so this works beside a
+    /// running server and exports the data as of its start.
     Export(ExportArgs),
     /// Run one read-only SQL query against the data directory and print
     /// the result.
@@ -148,6 +161,7 @@ struct DemoArgs {
     /// How the meters produce readings (see `wattson simulate --help`).
     #[arg(long, value_enum, default_value = "waveform")]
     mode: wattson::simulate::Mode,
+    /// Seed of the simulated readings: the same seed gives the same data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Where meters connect.
@@ -173,7 +187,9 @@ enum UserCommand {
     /// Add a person with a role: viewer (dashboard), analyst (viewer plus
     /// SQL and Flight reads) or admin (everything).
     Add {
+        /// The login name: 1 to 64 ASCII letters, digits, `_`, `.`, `@` or `-`.
         name: String,
+        /// What the person may do.
         #[arg(long)]
         role: Role,
         /// Read the password from the first line of standard input instead
@@ -183,10 +199,16 @@ enum UserCommand {
     },
     /// List people and meters (never their secrets).
     List,
-    /// Remove a person (the last admin cannot be removed).
-    Remove { name: String },
+    /// Remove a person (the last admin cannot be removed). Their tokens and
+    /// dashboard sessions stop working. Meters are removed with `wattson
+    /// device remove`.
+    Remove {
+        /// The person's login name.
+        name: String,
+    },
     /// Set a new password for a person.
     Passwd {
+        /// The person's login name.
         name: String,
         /// Read the password from the first line of standard input.
         #[arg(long)]
@@ -199,6 +221,9 @@ enum DeviceCommand {
     /// Add a meter and print its new random secret once: store it on the
     /// meter, it cannot be shown again.
     Add {
+        /// The meter's id, which is also its MQTT username and client id and
+        /// names its topics (`meters/{id}/...`): ASCII letters, digits, `_`
+        /// and `-`.
         id: String,
         /// Also append `ID SECRET` to this file (created with mode 0600),
         /// for `wattson simulate --credentials FILE`.
@@ -207,8 +232,11 @@ enum DeviceCommand {
     },
     /// List meters.
     List,
-    /// Remove a meter; it can no longer connect.
-    Remove { id: String },
+    /// Remove a meter; it can no longer connect. Its readings stay.
+    Remove {
+        /// The meter's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -351,6 +379,7 @@ enum BenchCommand {
     /// Parquet export, and (d) one device-month, every column. Build with
     /// --release for real figures.
     Query {
+        /// Simulated meters.
         #[arg(long, default_value_t = 20)]
         devices: usize,
         /// Days of 1 Hz data (at most 31: one month).
@@ -450,9 +479,20 @@ fn tune_allocator() {
     }
 }
 
+/// A `--log` value that tracing accepts: a typo must not silently turn
+/// into the default level.
+fn log_filter(text: &str) -> std::result::Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| {
+            format!("{e} (use for example `info`, `debug` or `wattson_storage=debug,info`)")
+        })
+}
+
 fn main() {
     tune_allocator();
     let cli = Cli::parse();
+    // Checked when the arguments were parsed.
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use tracing_subscriber::layer::SubscriberExt;
@@ -748,7 +788,13 @@ fn export_cmd(data_dir: &std::path::Path, args: ExportArgs) -> Result<()> {
     if !args.device.is_empty() {
         req = req.devices(args.device.clone());
     }
-    let store = open_store(data_dir)?;
+    // Read-only, as `sql`: no lock, nothing written, so an export works
+    // beside a running server and sees the data as of this open.
+    let store = Store::open_read_only(data_dir, StoreOptions::default())
+        .with_context(|| format!("opening {} read-only", data_dir.display()))?;
+    for event in store.recovery_report() {
+        eprintln!("skipped while reading: {event}");
+    }
     let scan = store.scan(&req)?;
     let schema = scan.schema();
     let progress = ProgressBar::new_spinner();
@@ -860,6 +906,7 @@ fn user_cmd(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
             }
         }
         UserCommand::Remove { name } => {
+            refuse_other_kind(&users, &name, EntryKind::User)?;
             users.remove(&name)?;
             println!("removed `{name}`");
         }
@@ -899,11 +946,27 @@ fn device_cmd(data_dir: &std::path::Path, cmd: DeviceCommand) -> Result<()> {
             }
         }
         DeviceCommand::Remove { id } => {
+            refuse_other_kind(&users, &id, EntryKind::Device)?;
             users.remove(&id)?;
             println!("removed meter `{id}`");
         }
     }
     Ok(())
+}
+
+/// `user remove` removes people and `device remove` meters: a slip between
+/// the two must not take away the wrong kind of account.
+fn refuse_other_kind(users: &UserStore, name: &str, wanted: EntryKind) -> Result<()> {
+    let found = users.list().into_iter().find(|e| e.name == name);
+    match (found.map(|e| e.kind), wanted) {
+        (Some(EntryKind::Device), EntryKind::User) => {
+            bail!("`{name}` is a meter; remove it with `wattson device remove {name}`")
+        }
+        (Some(EntryKind::User), EntryKind::Device) => {
+            bail!("`{name}` is a person; remove them with `wattson user remove {name}`")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `YYYY-MM-DD HH:MM:SS` UTC, without a date library in the binary.

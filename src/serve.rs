@@ -1,6 +1,8 @@
-//! `wattson serve`: the store, the device-facing MQTT listener and the
-//! subscriber broker in one process, configured by embedded defaults and an
-//! optional `wattson.toml`, shut down gracefully on SIGINT or SIGTERM.
+//! `wattson serve`: the store, the device-facing MQTT listener, the
+//! subscriber broker, the SQL engine, Arrow Flight and the dashboard in one
+//! process, configured by embedded defaults and an optional `wattson.toml`
+//! (checked before anything starts), shut down gracefully on SIGINT or
+//! SIGTERM: listeners first, then the store is sealed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -358,6 +360,83 @@ impl DashboardSection {
 }
 
 impl Config {
+    /// Refuses numbers that would wrap when scaled to bytes, or that turn a
+    /// feature into a failure (a query memory of 0 fails every query),
+    /// naming the key and its allowed range.
+    pub fn check(&self) -> Result<()> {
+        const GIB_IN_MIB: u64 = 1 << 10;
+        let ranges: [(&str, u64, u64, u64); 12] = [
+            (
+                "storage.buffer_mib",
+                self.storage.buffer_mib as u64,
+                1,
+                64 * GIB_IN_MIB,
+            ),
+            (
+                "storage.seal_interval_s",
+                self.storage.seal_interval_s,
+                1,
+                7 * 86_400,
+            ),
+            (
+                "mqtt.max_packet_kib",
+                self.mqtt.max_packet_kib as u64,
+                1,
+                256 * 1024 - 1,
+            ),
+            (
+                "mqtt.max_connections",
+                self.mqtt.max_connections as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "mqtt.connect_timeout_s",
+                self.mqtt.connect_timeout_s,
+                1,
+                3_600,
+            ),
+            (
+                "mqtt.max_inflight",
+                self.mqtt.max_inflight as u64,
+                1,
+                65_535,
+            ),
+            (
+                "ingest.max_payload_kib",
+                self.ingest.max_payload_kib as u64,
+                1,
+                256 * 1024 - 1,
+            ),
+            (
+                "ingest.max_readings_per_message",
+                self.ingest.max_readings_per_message as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "flight.max_prepared_per_user",
+                self.flight.max_prepared_per_user as u64,
+                1,
+                100_000,
+            ),
+            ("auth.token_ttl_h", self.auth.token_ttl_h, 1, 24 * 366),
+            (
+                "query.memory_limit_mib",
+                self.query.memory_limit_mib as u64,
+                1,
+                1024 * GIB_IN_MIB,
+            ),
+            ("query.timeout_s", self.query.timeout_s, 1, 7 * 86_400),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                bail!("{key} is {value}; it must be between {min} and {max}");
+            }
+        }
+        Ok(())
+    }
+
     /// Reads `path`, or `./wattson.toml` when no path is given and it exists,
     /// or the embedded defaults.
     pub fn load(path: Option<&Path>) -> Result<Config> {
@@ -395,13 +474,14 @@ pub struct Listening {
     pub dashboard_tls: bool,
 }
 
-/// [`run`], calling `on_ready` once both listeners are up (`wattson demo`
+/// [`run`], calling `on_ready` once every listener is up (`wattson demo`
 /// starts its simulated meters from there).
 pub fn run_with(
     data_dir: &Path,
     config: Config,
     on_ready: Box<dyn FnOnce(Listening) + Send>,
 ) -> Result<()> {
+    config.check()?;
     if config.storage.group_commit_ms > 10 {
         bail!(
             "storage.group_commit_ms is {}; at most 10 is allowed",
@@ -436,7 +516,7 @@ pub fn run_with(
         tracing::warn!("recovery: {event}");
     }
     match wattson_ingest::mqtt::raise_open_file_limit() {
-        Ok(n) if (n as usize) < config.mqtt.max_connections + 256 => tracing::warn!(
+        Ok(n) if (n as usize) < config.mqtt.max_connections.saturating_add(256) => tracing::warn!(
             open_files = n,
             max_connections = config.mqtt.max_connections,
             "the open-file limit is below mqtt.max_connections; raise the hard limit (ulimit -Hn, LimitNOFILE=) or connections will fail"
@@ -715,6 +795,30 @@ mod tests {
         assert_eq!(parsed, Config::default());
         let empty: Config = toml::from_str("").unwrap();
         assert_eq!(empty, Config::default());
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_named() {
+        assert!(Config::default().check().is_ok());
+        for (text, key) in [
+            ("[storage]\nbuffer_mib = 0\n", "storage.buffer_mib is 0"),
+            (
+                "[query]\nmemory_limit_mib = 18446744073709551615\n",
+                "query.memory_limit_mib",
+            ),
+            (
+                "[mqtt]\nmax_connections = 18446744073709551615\n",
+                "mqtt.max_connections",
+            ),
+            (
+                "[ingest]\nmax_payload_kib = 300000\n",
+                "between 1 and 262143",
+            ),
+        ] {
+            let config: Config = toml::from_str(text).unwrap();
+            let err = config.check().unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

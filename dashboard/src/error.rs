@@ -25,6 +25,10 @@ pub enum Error {
     #[error("{0}")]
     BadRequest(String),
 
+    /// A server limit is reached (open sessions); retrying later works.
+    #[error("{0}")]
+    Busy(String),
+
     /// SQL failed: planning, read-only refusal, timeout, execution.
     #[error("{0}")]
     Query(#[from] wattson_query::Error),
@@ -45,7 +49,9 @@ impl Error {
                 StatusCode::BAD_REQUEST
             }
             Error::Query(Q::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            Error::Query(Q::ResourcesExhausted(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Query(Q::ResourcesExhausted(_)) | Error::Busy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Query(Q::Storage(_))
             | Error::Bind { .. }
             | Error::Tls(_)
@@ -62,7 +68,14 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             tracing::warn!("dashboard request failed: {self}");
         }
-        json_error(status, &self.to_string())
+        let mut response = json_error(status, &self.to_string());
+        if matches!(self, Error::Busy(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("60"),
+            );
+        }
+        response
     }
 }
 

@@ -132,6 +132,13 @@ fn text(app: &AppState) -> Response {
         "1 while the store accepts writes; 0 while its disk is nearly full (until space is freed), while its write buffer is full and sealing it fails (until a seal succeeds), or after an I/O failure poisoned its write-ahead log (until restarted)",
         u64::from(app.store.write_failure().is_none()),
     );
+    scalar(
+        &mut out,
+        "wattson_store_background_failing",
+        "gauge",
+        "1 while the store's last background work (sealing, compaction, retention) failed and has not succeeded since; the server log says why",
+        u64::from(app.store.last_background_error().is_some()),
+    );
     let wal = app.store.wal_stats();
     scalar(
         &mut out,

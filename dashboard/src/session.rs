@@ -89,9 +89,9 @@ impl Sessions {
         if map.len() >= MAX_SESSIONS {
             map.retain(|_, s| !self.expired(s, now));
             if map.len() >= MAX_SESSIONS {
-                return Err(Error::BadRequest(
-                    "too many open sessions; try again later".into(),
-                ));
+                return Err(Error::Busy(format!(
+                    "{MAX_SESSIONS} sessions are open, the most the server keeps; try again in a minute"
+                )));
             }
         }
         map.insert(

@@ -18,6 +18,7 @@ use futures::{Stream, StreamExt};
 use serde_json::{Value as Json_, json};
 use tokio::sync::broadcast::error::RecvError;
 use wattson_storage::ChannelType;
+use wattson_storage::model::{MAX_TIME_NS, MIN_TIME_NS};
 
 use crate::downsample::M4;
 use crate::sql::{self, Format};
@@ -323,6 +324,14 @@ impl Selection {
             .store
             .table(&self.table)
             .ok_or_else(|| Error::BadRequest(format!("no table `{}`", self.table)))?;
+        let held = MIN_TIME_NS.div_euclid(1_000_000)..=MAX_TIME_NS.div_euclid(1_000_000);
+        for (name, ms) in [("from", self.from), ("to", self.to)] {
+            if !held.contains(&ms) {
+                return Err(Error::BadRequest(format!(
+                    "`{name}` ({ms} ms since 1970) is outside the times Wattson holds, years 1900 to 2199"
+                )));
+            }
+        }
         if self.to <= self.from {
             return Err(Error::BadRequest("`to` must be after `from`".into()));
         }
@@ -445,11 +454,14 @@ pub(crate) async fn kwh(
     State(app): State<AppState>,
     Query(sel): Query<Selection>,
 ) -> Result<Response> {
-    let channels: Vec<String> = sel
-        .channels(&app)?
-        .into_iter()
-        .filter(|c| c.ends_with("_p"))
-        .collect();
+    let asked = sel.channels(&app)?;
+    let explicit = sel.channels.split(',').any(|c| !c.trim().is_empty());
+    if let Some(other) = asked.iter().find(|c| explicit && !c.ends_with("_p")) {
+        return Err(Error::BadRequest(format!(
+            "kWh comes from power channels (named `*_p`, in W); `{other}` is not one"
+        )));
+    }
+    let channels: Vec<String> = asked.into_iter().filter(|c| c.ends_with("_p")).collect();
     if channels.is_empty() {
         return Ok(Json(json!({ "days": [], "series": {} })).into_response());
     }

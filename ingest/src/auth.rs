@@ -2,7 +2,7 @@
 //! dashboard.
 //!
 //! What this module owns:
-//! - [`Role`]: who may do what (see `model.md`): `admin ⊇ analyst ⊇ viewer`
+//! - [`Role`]: who may do what (see `docs/ingest.md`, "Accounts"): `admin ⊇ analyst ⊇ viewer`
 //!   for people; `device` is separate, so a person can never publish as a
 //!   meter and a meter can never read.
 //! - [`UserStore`]: the user file `{data_dir}/users.json` (format below),

@@ -16,8 +16,6 @@
 //! - [`router`]: the embedded rumqttd broker that people's MQTT clients
 //!   (Home Assistant, Node-RED, the dashboard) subscribe to; it accepts
 //!   people only and never feeds the store.
-//!
-//! Not wired into `wattson serve` yet (see the ingest issue).
 
 pub mod auth;
 mod error;

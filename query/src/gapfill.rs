@@ -297,12 +297,11 @@ pub(crate) fn rewrite(plan: LogicalPlan) -> DfResult<LogicalPlan> {
         };
         let origin = match args.get(2).map(strip_alias) {
             None => 0,
-            Some(Expr::Literal(ScalarValue::TimestampNanosecond(Some(v), _), _)) => *v,
-            Some(_) => {
-                return Err(DataFusionError::Plan(
-                    "date_bin_gapfill: the origin must be a timestamp literal".into(),
-                ));
-            }
+            Some(e) => crate::prune::timestamp_ns(e).ok_or_else(|| {
+                DataFusionError::Plan(
+                    "date_bin_gapfill: the origin must be a timestamp literal, for example TIMESTAMP '2022-07-01T00:00:00Z'".into(),
+                )
+            })?,
         };
         let region = range_below(&agg.input, &time_name);
         if region.start == i64::MIN || region.end == i64::MAX {
@@ -538,9 +537,12 @@ impl ExecutionPlan for GapFillExec {
     }
 }
 
-/// The start of the bin that contains `t`.
-fn bin_of(t: i64, stride: i64, origin: i64) -> i64 {
-    origin + (t - origin).div_euclid(stride) * stride
+/// The start of the bin that contains `t`; `None` when that lies outside
+/// the times a timestamp can hold (an origin centuries away can put it
+/// there). `stride` is positive.
+fn bin_of(t: i64, stride: i64, origin: i64) -> Option<i64> {
+    let (t, stride, origin) = (i128::from(t), i128::from(stride), i128::from(origin));
+    i64::try_from(origin + (t - origin).div_euclid(stride) * stride).ok()
 }
 
 fn fill(input: &RecordBatch, node: &GapFill, schema: &SchemaRef) -> DfResult<RecordBatch> {
@@ -579,7 +581,11 @@ fn fill(input: &RecordBatch, node: &GapFill, schema: &SchemaRef) -> DfResult<Rec
         let entry = groups.entry(key).or_insert((i as u32, BTreeMap::new()));
         entry.1.insert(times.value(i), i as u32);
     }
-    let first = bin_of(node.start, node.stride, node.origin);
+    let first = bin_of(node.start, node.stride, node.origin).ok_or_else(|| {
+        DataFusionError::Plan(
+            "date_bin_gapfill: the first bin would start outside the times a timestamp can hold; use an origin nearer the range".into(),
+        )
+    })?;
     let bins: Vec<i64> = std::iter::successors(Some(first), |b| b.checked_add(node.stride))
         .take_while(|b| *b < node.end)
         .take(MAX_ROWS + 1)

@@ -174,7 +174,7 @@ fn string(e: &Expr) -> Option<String> {
 /// A timestamp literal in nanoseconds, whatever its unit. By the time
 /// filters reach a scan, DataFusion has folded `'2022-07-01'` and casts of
 /// it into such literals.
-fn timestamp_ns(e: &Expr) -> Option<i64> {
+pub(crate) fn timestamp_ns(e: &Expr) -> Option<i64> {
     let value = match unalias(e) {
         Expr::Literal(value, _) => value,
         // Before type coercion (gap filling reads the plan then), a time

@@ -84,6 +84,9 @@ pub(crate) fn encode(readings: &[Reading]) -> Vec<u8> {
     out
 }
 
+/// Most elements a decoder reserves room for before it has read them.
+const PREALLOC_CAP: usize = 1024;
+
 /// Decodes a payload. `None` means the bytes are not a valid payload; the WAL
 /// checksum already passed, so that indicates a bug or a foreign file.
 pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<Reading>> {
@@ -91,22 +94,25 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<Reading>> {
     if r.u8()? != VERSION {
         return None;
     }
-    // Each name takes at least one byte, so the count is bounded by the input.
+    // Counts are bounded by the bytes left, but an element in memory is
+    // larger than its encoding (a value 48 bytes against 2 or more): the
+    // reservations are capped so that crafted counts cannot reserve far more
+    // than the payload's size, and vectors grow past the cap as they fill.
     let n_names = r.len()?;
-    let mut names: Vec<Arc<str>> = Vec::with_capacity(n_names);
+    let mut names: Vec<Arc<str>> = Vec::with_capacity(n_names.min(PREALLOC_CAP));
     for _ in 0..n_names {
         names.push(r.str()?.into());
     }
     // Readings share their names, as they did when they were appended.
     let name = |id: u64| names.get(usize::try_from(id).ok()?).cloned();
     let n_readings = r.len()?;
-    let mut out = Vec::with_capacity(n_readings);
+    let mut out = Vec::with_capacity(n_readings.min(PREALLOC_CAP));
     for _ in 0..n_readings {
         let table = name(r.u64()?)?;
         let device = name(r.u64()?)?;
         let time = r.i64()?;
         let n_values = r.len()?;
-        let mut values = Vec::with_capacity(n_values);
+        let mut values = Vec::with_capacity(n_values.min(PREALLOC_CAP));
         for _ in 0..n_values {
             let channel = name(r.u64()?)?;
             let value = match ChannelType::from_tag(r.u8()?)? {

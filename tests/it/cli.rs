@@ -200,6 +200,14 @@ fn help_explains_every_command() {
         let out = ok(&wattson(dir.path(), cmd));
         assert!(out.contains("Usage:"), "{out}");
     }
+    // A mistyped log filter is refused, not replaced by the default.
+    let out = wattson(dir.path(), &["--log", "wattson_storage=loud", "config"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--log") && err.contains("wattson_storage=loud"),
+        "{err}"
+    );
 }
 
 fn wattson_with_stdin(data_dir: &Path, args: &[&str], stdin: &str) -> Output {

@@ -251,6 +251,7 @@ fn dashboard_sessions_cookies_csrf_logout_api_and_metrics() {
     let data = dir.path().join("data");
     setup(&data);
     add_viewer(&data);
+    import_month(dir.path(), &data);
     let server = start(&data);
     let port = server.http;
 
@@ -409,8 +410,33 @@ fn dashboard_sessions_cookies_csrf_logout_api_and_metrics() {
         assert!(m.text().contains(name), "{name} missing");
     }
     assert!(m.text().contains("\nwattson_store_writable 1\n"));
+    assert!(m.text().contains("\nwattson_store_background_failing 0\n"));
     let r = http(port, "GET", "/metrics", &[("Cookie", &cookie)], b"");
     assert_eq!(r.status, 401);
+
+    // Chart requests: bad ranges and channels are explained, never
+    // answered with silently wrong or empty data.
+    let get = |path: &str| http(port, "GET", path, &[("Cookie", &cookie)], b"");
+    let now = chrono::Utc::now().timestamp_millis();
+    let q = |channels: &str, from: i64, to: i64| {
+        format!("table=power&device=m1&channels={channels}&from={from}&to={to}")
+    };
+    let kwh = get(&format!("/api/kwh?{}", q("wd_p", now - 86_400_000, now)));
+    assert_eq!(kwh.status, 200, "{}", kwh.text());
+    assert!(kwh.text().contains("\"wd_p\""), "{}", kwh.text());
+    let forever = 9_007_199_254_740_991i64;
+    for path in ["history", "kwh", "export"] {
+        let r = get(&format!("/api/{path}?{}", q("wd_p", 0, forever)));
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.text().contains("years 1900 to 2199"), "{}", r.text());
+    }
+    let volts = get(&format!("/api/kwh?{}", q("pa_v", 0, now)));
+    assert_eq!(volts.status, 400, "{}", volts.text());
+    assert!(
+        volts.text().contains("`pa_v` is not one"),
+        "{}",
+        volts.text()
+    );
 
     // Logout ends the session on the server; the other session lives on.
     let out = logout_form(&token);

@@ -522,5 +522,20 @@ fn a_reading_is_queryable_as_soon_as_its_puback_arrives() {
         out,
         "dt,pa_v\n2022-07-19T15:24:21,0.5\n2022-07-19T15:24:22,1.5\n2022-07-19T15:24:23,2.5\n"
     );
+    // `export` reads the same way beside the server.
+    let csv = dir.path().join("power.csv");
+    let out = wattson(&data)
+        .args(["export", "--table", "power", "--format", "csv"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.contains("2.5"), "{text}");
     stop(server);
 }

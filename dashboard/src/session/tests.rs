@@ -70,3 +70,26 @@ fn logout_and_password_change_end_sessions() {
     assert!(s.get(&users, &b.id, now, true).is_none());
     assert!(s.is_empty());
 }
+
+#[test]
+fn a_full_table_refuses_as_busy_until_sessions_expire() {
+    let (_d, users) = users();
+    let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(3600));
+    let t0 = Instant::now();
+    for _ in 0..MAX_SESSIONS {
+        s.create(&users, "ann", t0).unwrap();
+    }
+    let err = s.create(&users, "ann", t0).unwrap_err();
+    assert!(matches!(err, Error::Busy(_)), "{err}");
+    let response = axum::response::IntoResponse::into_response(err);
+    assert_eq!(
+        response.status(),
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(response.headers()["retry-after"], "60");
+    // Once the idle ones expire, there is room again.
+    assert!(
+        s.create(&users, "ann", t0 + Duration::from_secs(61))
+            .is_ok()
+    );
+}

@@ -1,4 +1,4 @@
-//! Roles and what each may do (`model.md`, "Who may do what").
+//! Roles and what each may do (`docs/ingest.md`, "Accounts and the user file").
 
 use std::fmt;
 use std::str::FromStr;

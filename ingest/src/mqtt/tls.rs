@@ -23,7 +23,7 @@ use crate::{Error, Result};
 /// Where the TLS listener listens, and the files it presents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
-    /// Default port 8883 (`model.md`); port 0 picks a free port.
+    /// Default port 8883 (`docs/ingest.md`); port 0 picks a free port.
     pub listen: SocketAddr,
     /// PEM file with the certificate chain, the server's certificate first.
     pub cert: PathBuf,
