@@ -318,3 +318,27 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        // Any Authorization header gives a name and password or nothing.
+        #[test]
+        fn any_basic_header_is_read_or_ignored(
+            value in "[ -~]{0,60}",
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let mut headers = HeaderMap::new();
+            for text in [value, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))] {
+                if let Ok(v) = text.parse() {
+                    headers.insert(header::AUTHORIZATION, v);
+                    if let Some((user, _)) = basic(&headers) {
+                        proptest::prop_assert!(!user.contains(':'));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -401,3 +401,26 @@ async fn session_info(Authed(s): Authed) -> Response {
     }))
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        // Any Cookie headers give the session cookie's value or nothing.
+        #[test]
+        fn any_cookie_header_is_read_or_ignored(
+            cookies in proptest::collection::vec("[ -~]{0,60}", 0..4),
+        ) {
+            let mut headers = HeaderMap::new();
+            for c in &cookies {
+                if let Ok(v) = c.parse() {
+                    headers.append(header::COOKIE, v);
+                }
+            }
+            if let Some(id) = cookie_id(&headers) {
+                proptest::prop_assert!(!id.contains(';'));
+            }
+        }
+    }
+}

@@ -48,16 +48,20 @@ impl ClockSync {
         t4_local: u64,
     ) -> Option<i64> {
         let (t1, t4) = (i64::try_from(t1_local).ok()?, i64::try_from(t4_local).ok()?);
-        let delay = (t4 - t1) - (t3_utc_ms - t2_utc_ms);
+        // Checked: the stamps come from the network.
+        let delay = (t4 - t1).checked_sub(t3_utc_ms.checked_sub(t2_utc_ms)?)?;
         if t4 < t1 || !(0..=MAX_DELAY_MS).contains(&delay) {
             return None;
         }
-        let offset = ((t2_utc_ms - t1) + (t3_utc_ms - t4)) / 2;
+        let offset = t2_utc_ms
+            .checked_sub(t1)?
+            .checked_add(t3_utc_ms.checked_sub(t4)?)?
+            / 2;
         let mid = t1_local + (t4_local - t1_local) / 2;
         if let Some((at, prev)) = self.last
             && mid > at
         {
-            let rate = (offset - prev) as f64 / (mid - at) as f64;
+            let rate = (offset as f64 - prev as f64) / (mid - at) as f64;
             let limit = MAX_DRIFT_PPM / 1e6;
             let rate = rate.clamp(-limit, limit);
             // The first estimate is taken whole; later ones are averaged in,
@@ -78,12 +82,15 @@ impl ClockSync {
         self.last.is_some()
     }
 
-    /// UTC in ms at local time `local_ms`, or `None` before the first sync.
+    /// UTC in ms at local time `local_ms`, or `None` before the first sync
+    /// (or when it would not fit in an `i64`).
     pub fn utc_ms(&self, local_ms: u64) -> Option<i64> {
         let (at, offset) = self.last?;
         let local = i64::try_from(local_ms).ok()?;
         let since = local_ms as f64 - at as f64;
-        Some(local + offset + libm::round(self.drift * since) as i64)
+        local
+            .checked_add(offset)?
+            .checked_add(libm::round(self.drift * since) as i64)
     }
 
     /// The estimated drift in parts per million.

@@ -188,4 +188,35 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("pw"), "{dbg}");
     }
+
+    static TOKENS: std::sync::LazyLock<(tempfile::TempDir, TokenStore)> =
+        std::sync::LazyLock::new(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let users =
+                std::sync::Arc::new(wattson_ingest::auth::UserStore::open(dir.path()).unwrap());
+            let tokens = TokenStore::new(users, std::time::Duration::from_secs(60));
+            (dir, tokens)
+        });
+
+    proptest::proptest! {
+        // Headers and handshake payloads come from anyone: any of them gives
+        // credentials or UNAUTHENTICATED, and any bearer value a refusal.
+        #[test]
+        fn any_authorization_header_or_payload_is_answered(
+            header in "[ -~]{0,80}",
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let tokens = &TOKENS.1;
+            let mut md = MetadataMap::new();
+            if let Ok(value) = header.parse() {
+                md.insert("authorization", value);
+            }
+            let req = HandshakeRequest { protocol_version: 0, payload: payload.into() };
+            match credentials(&md, Some(&req)) {
+                Ok(_) | Err(Error::Unauthenticated(_)) => {}
+                Err(other) => proptest::prop_assert!(false, "{other:?}"),
+            }
+            proptest::prop_assert!(authorize(tokens, &md, Role::Viewer).is_err());
+        }
+    }
 }

@@ -287,4 +287,51 @@ mod tests {
         let err = Checked::new("power", &batch).err().unwrap().to_string();
         assert!(err.contains("`time`"), "{err}");
     }
+    proptest::proptest! {
+        // Put batches come from clients: any times (any unit, nulls, the
+        // extremes), device names and channel names are checked, or make
+        // readings that the store's own checks accept.
+        #[test]
+        fn any_batch_is_checked_or_refused(
+            unit in 0..4usize,
+            times in proptest::collection::vec(proptest::option::weighted(0.95, proptest::prelude::any::<i64>()), 1..20),
+            devices in proptest::collection::vec(proptest::option::weighted(0.95, "[a-z0-9_.-]{0,5}"), 20),
+            channel in "[a-z_][a-z0-9_]{0,6}|.{0,4}",
+        ) {
+            use datafusion::arrow::array::{
+                TimestampMicrosecondArray, TimestampNanosecondArray, TimestampSecondArray,
+            };
+            let n = times.len();
+            let (time, unit) = match unit {
+                0 => (Arc::new(TimestampSecondArray::from(times)) as ArrayRef, TimeUnit::Second),
+                1 => (Arc::new(TimestampMillisecondArray::from(times)) as _, TimeUnit::Millisecond),
+                2 => (Arc::new(TimestampMicrosecondArray::from(times)) as _, TimeUnit::Microsecond),
+                _ => (Arc::new(TimestampNanosecondArray::from(times)) as _, TimeUnit::Nanosecond),
+            };
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("time", DataType::Timestamp(unit, None), true),
+                Field::new("device", DataType::Utf8, true),
+                Field::new(channel.clone(), DataType::Float64, true),
+            ]));
+            let devices: Vec<Option<String>> = devices.into_iter().take(n).collect();
+            let batch = RecordBatch::try_new(
+                schema,
+                vec![
+                    time,
+                    Arc::new(StringArray::from(devices)),
+                    Arc::new(Float64Array::from(vec![Some(1.5); n])),
+                ],
+            );
+            // Same names for two columns: no batch to check.
+            let Ok(batch) = batch else { return Ok(()) };
+            if let Ok(checked) = Checked::new("power", &batch) {
+                let readings = checked.readings(0..n);
+                proptest::prop_assert_eq!(readings.len(), n);
+                for r in &readings {
+                    proptest::prop_assert!(wattson_storage::model::validate_time("power", r.time).is_ok());
+                    proptest::prop_assert!(wattson_storage::model::validate_device_name(&r.device).is_ok());
+                }
+            }
+        }
+    }
 }

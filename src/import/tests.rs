@@ -600,3 +600,37 @@ fn line_numbers_are_physical_lines() {
     let r = csv(&text.replace('\n', "\r\n"), None, OnError::Reject);
     assert!(r.error().contains("line 4: time `bad`"), "{}", r.error());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    // Files to import come from anywhere: any CSV text, in either shape and
+    // in either error mode, imports or fails with a reason; what it hands
+    // on is readings the store's own checks accept.
+    #[test]
+    fn any_csv_text_imports_or_fails(
+        header in "(dt|time|device|[a-z_]{1,4}|,|;| |\"){0,12}",
+        rows in proptest::collection::vec("([0-9:. T+Z-]{0,20}|[a-z0-9_-]{0,6}|true|1e309|-|,|\"|\n){0,10}", 0..6),
+        device in proptest::option::of("[a-z0-9]{1,4}"),
+        reject in proptest::prelude::any::<bool>(),
+    ) {
+        let text = format!("{header}\n{}", rows.join("\n"));
+        let mode = if reject { OnError::Reject } else { OnError::Skip };
+        let run = csv(&text, device.as_deref(), mode);
+        for r in run.readings() {
+            proptest::prop_assert!(wattson_storage::model::validate_time("t", r.time).is_ok());
+            proptest::prop_assert!(wattson_storage::model::validate_device_name(&r.device).is_ok());
+        }
+    }
+
+    // The same for bytes that are not text at all.
+    #[test]
+    fn any_bytes_import_or_fail(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["in.csv", "in.parquet"] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            let _ = run(&path, Some("m1"), OnError::Skip, 2);
+        }
+    }
+}

@@ -438,4 +438,27 @@ mod tests {
             .is_err()
         );
     }
+    proptest::proptest! {
+        // A catalog file may be damaged or foreign: any bytes, and any body
+        // under a valid header and checksum, load or fail, never panic.
+        #[test]
+        fn any_catalog_bytes_load_or_fail(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let path = Path::new("catalog.wcat");
+            let _ = Catalog::decode(path, &body);
+            let mut file = Vec::with_capacity(HEADER_LEN + body.len());
+            file.extend_from_slice(MAGIC);
+            file.extend_from_slice(&VERSION.to_le_bytes());
+            file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            file.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+            file.resize(HEADER_LEN, 0);
+            file.extend_from_slice(&body);
+            if let Ok(catalog) = Catalog::decode(path, &file) {
+                // What loads saves back to the same meaning.
+                let again = Catalog::decode(path, &catalog.encode()).unwrap();
+                proptest::prop_assert_eq!(again.tables.len(), catalog.tables.len());
+            }
+        }
+    }
 }

@@ -64,3 +64,37 @@ fn sntp_request_and_reply() {
     assert!(sntp::parse_reply(&reply, 123_456).is_err());
     assert!(sntp::parse_reply(&[], 0).is_err());
 }
+
+proptest::proptest! {
+    // A reply comes from the network: any bytes give an answer, not a panic.
+    #[test]
+    fn any_reply_bytes_parse_or_fail(
+        reply in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        local in proptest::prelude::any::<u64>(),
+    ) {
+        let _ = sntp::parse_reply(&reply, local);
+    }
+
+    // A well-formed reply to our request with any stamps: parsed, and the
+    // clock update survives whatever times it carries.
+    #[test]
+    fn replies_with_any_stamps_update_the_clock_or_are_ignored(
+        rx in proptest::prelude::any::<[u8; 8]>(),
+        tx in proptest::prelude::any::<[u8; 8]>(),
+        sent in proptest::prelude::any::<u64>(),
+        received in proptest::prelude::any::<u64>(),
+    ) {
+        let mut reply = [0u8; sntp::PACKET_LEN];
+        reply[0] = (4 << 3) | 4;
+        reply[1] = 1;
+        reply[24..32].copy_from_slice(&sent.to_be_bytes());
+        reply[32..40].copy_from_slice(&rx);
+        reply[40..48].copy_from_slice(&tx);
+        if let Ok((server_rx, server_tx)) = sntp::parse_reply(&reply, sent) {
+            let mut clock = ClockSync::new();
+            let _ = clock.update(sent, server_rx, server_tx, received);
+            let _ = clock.update(received, server_rx, server_tx, received.saturating_add(5));
+            let _ = clock.utc_ms(received);
+        }
+    }
+}

@@ -38,3 +38,23 @@ fn malformed_lengths_are_errors() {
     assert!(frame_len(&bad[..5], usize::MAX).is_err());
     assert_eq!(frame_len(&bad[..4], usize::MAX), Ok(None));
 }
+
+proptest::proptest! {
+    // Bytes from the broker: a length that fits what was read and `max`,
+    // more bytes wanted, or an error; never a panic.
+    #[test]
+    fn any_bytes_frame_or_fail(
+        buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+        max in 0usize..1_000,
+    ) {
+        match frame_len(&buf, max) {
+            Ok(Some(len)) => {
+                proptest::prop_assert!(2 <= len && len <= buf.len() && len <= max);
+            }
+            // More wanted: the length field is unfinished, or the packet
+            // (at most `max` bytes) is longer than what arrived.
+            Ok(None) => proptest::prop_assert!(buf.len() < 5 || buf.len() < max),
+            Err(_) => {}
+        }
+    }
+}

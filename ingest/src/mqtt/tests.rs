@@ -647,6 +647,54 @@ async fn random_bytes_after_connect_never_panic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_before_connect_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let env = Env::new().await;
+    let secret = env.device("m1");
+    let addr = env.addr();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let good = connect_bytes("m1", &secret, 30);
+    for round in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let junk: Vec<u8> = match round % 3 {
+            // Noise.
+            0 => (0..rng.random_range(1..300))
+                .map(|_| rng.random())
+                .collect(),
+            // A CONNECT header over noise.
+            1 => {
+                let mut j: Vec<u8> = (0..rng.random_range(2..300))
+                    .map(|_| rng.random())
+                    .collect();
+                j[0] = 0x10;
+                j
+            }
+            // The real CONNECT cut short, then noise that does not complete
+            // it (a completed one would be a failed login, and enough of
+            // those throttle this address): the reader meets every field
+            // boundary.
+            _ => {
+                let cut = rng.random_range(1..good.len());
+                let mut j = good[..cut].to_vec();
+                let noise = rng.random_range(0..good.len() - cut);
+                j.extend((0..noise).map(|_| rng.random::<u8>()));
+                j
+            }
+        };
+        // The server may close while we write; that is fine.
+        let _ = s.write_all(&junk).await;
+        drop(s);
+    }
+    let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
+    connect(&mut ev).await.unwrap();
+    publish_n(&client, "meters/m1/power", 2).await;
+    pubacks(&mut ev, 2).await;
+    let s = env.stats();
+    assert_eq!((s.connection_panics, s.lost_acknowledged), (0, 0));
+    env.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_that_is_not_utf8_closes_the_connection() {
     let env = Env::new().await;
     let secret = env.device("m1");
