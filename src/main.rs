@@ -479,8 +479,10 @@ fn tune_allocator() {
     }
 }
 
-/// A `--log` value that tracing accepts: a typo must not silently turn
-/// into the default level.
+/// A `--log` value that tracing accepts: a malformed one (`=debug`,
+/// `wattson_storage=loud`) must not silently turn into the default level.
+/// A lone misspelt level (`debg`) still reads as a target name: tracing
+/// cannot tell the two apart.
 fn log_filter(text: &str) -> std::result::Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(text)
         .map(|_| text.to_owned())
@@ -792,9 +794,6 @@ fn export_cmd(data_dir: &std::path::Path, args: ExportArgs) -> Result<()> {
     // beside a running server and sees the data as of this open.
     let store = Store::open_read_only(data_dir, StoreOptions::default())
         .with_context(|| format!("opening {} read-only", data_dir.display()))?;
-    for event in store.recovery_report() {
-        eprintln!("skipped while reading: {event}");
-    }
     let scan = store.scan(&req)?;
     let schema = scan.schema();
     let progress = ProgressBar::new_spinner();

@@ -365,7 +365,19 @@ impl Config {
     /// naming the key and its allowed range.
     pub fn check(&self) -> Result<()> {
         const GIB_IN_MIB: u64 = 1 << 10;
-        let ranges: [(&str, u64, u64, u64); 12] = [
+        let ranges: [(&str, u64, u64, u64); 14] = [
+            (
+                "storage.group_commit_ms",
+                self.storage.group_commit_ms,
+                0,
+                10,
+            ),
+            (
+                "flight.max_message_mib",
+                self.flight.max_message_mib as u64,
+                1,
+                1024,
+            ),
             (
                 "storage.buffer_mib",
                 self.storage.buffer_mib as u64,
@@ -482,12 +494,6 @@ pub fn run_with(
     on_ready: Box<dyn FnOnce(Listening) + Send>,
 ) -> Result<()> {
     config.check()?;
-    if config.storage.group_commit_ms > 10 {
-        bail!(
-            "storage.group_commit_ms is {}; at most 10 is allowed",
-            config.storage.group_commit_ms
-        );
-    }
     let users = Arc::new(
         UserStore::open(data_dir)
             .with_context(|| format!("opening the user store in {}", data_dir.display()))?,
@@ -746,9 +752,6 @@ async fn start_flight(
         (false, false) => Some((section.cert.clone(), section.key.clone())),
         _ => bail!("[flight] TLS needs both `cert` and `key`"),
     };
-    if section.max_message_mib == 0 || section.max_message_mib > 1024 {
-        bail!("flight.max_message_mib must be between 1 and 1024");
-    }
     let opts = wattson_flight::FlightOptions {
         listen: section.listen,
         tls: tls.clone(),

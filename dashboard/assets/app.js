@@ -210,8 +210,10 @@
         const q = new URLSearchParams({ table: s.table, device, channels: s.channels.join(","), from: range.from, to: range.to, format: f });
         return el("a", { href: "/api/export?" + q, download: device + "." + f, id: "dl-" + f + "-" + device, class: "dl" }, " " + device + "." + f + " ");
       })));
-      const q = new URLSearchParams({ table: s.table, device: s.devices[0], channels: s.channels.join(","), from: range.from, to: range.to });
-      const k = await getJson("/api/kwh?" + q);
+      // kWh comes from power channels only; without one ticked, no bars.
+      const power = s.channels.filter((c) => c.endsWith("_p"));
+      const q = new URLSearchParams({ table: s.table, device: s.devices[0], channels: power.join(","), from: range.from, to: range.to });
+      const k = power.length ? await getJson("/api/kwh?" + q) : { days: [], series: {} };
       const labels = k.days.map((d) => { const x = new Date(d); return (x.getUTCMonth() + 1) + "/" + x.getUTCDate(); });
       WChart.bars(bars, labels, Object.entries(k.series).map(([name, values]) => ({ name, values })));
       bars.dataset.days = String(labels.length);

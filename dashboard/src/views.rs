@@ -324,8 +324,15 @@ impl Selection {
             .store
             .table(&self.table)
             .ok_or_else(|| Error::BadRequest(format!("no table `{}`", self.table)))?;
-        let held = MIN_TIME_NS.div_euclid(1_000_000)..=MAX_TIME_NS.div_euclid(1_000_000);
-        for (name, ms) in [("from", self.from), ("to", self.to)] {
+        let (first, last) = (
+            MIN_TIME_NS.div_euclid(1_000_000),
+            MAX_TIME_NS.div_euclid(1_000_000),
+        );
+        // `to` is exclusive, so it may be the first moment of 2200.
+        for (name, ms, held) in [
+            ("from", self.from, first..=last),
+            ("to", self.to, first..=last + 1),
+        ] {
             if !held.contains(&ms) {
                 return Err(Error::BadRequest(format!(
                     "`{name}` ({ms} ms since 1970) is outside the times Wattson holds, years 1900 to 2199"
@@ -456,12 +463,19 @@ pub(crate) async fn kwh(
 ) -> Result<Response> {
     let asked = sel.channels(&app)?;
     let explicit = sel.channels.split(',').any(|c| !c.trim().is_empty());
-    if let Some(other) = asked.iter().find(|c| explicit && !c.ends_with("_p")) {
+    let channels: Vec<String> = asked
+        .iter()
+        .filter(|c| c.ends_with("_p"))
+        .cloned()
+        .collect();
+    // Asked for channels, none of them power: say so rather than answer
+    // with nothing. Other channels next to power ones are left out.
+    if explicit && channels.is_empty() {
         return Err(Error::BadRequest(format!(
-            "kWh comes from power channels (named `*_p`, in W); `{other}` is not one"
+            "kWh comes from power channels (named `*_p`, in W); none of `{}` is one",
+            asked.join(",")
         )));
     }
-    let channels: Vec<String> = asked.into_iter().filter(|c| c.ends_with("_p")).collect();
     if channels.is_empty() {
         return Ok(Json(json!({ "days": [], "series": {} })).into_response());
     }

@@ -3,8 +3,8 @@
 use arrow_flight::FlightData;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use futures::{Stream, StreamExt};
 
 /// The body size a message aims at: arrow-flight's default, well below the
@@ -63,8 +63,22 @@ fn even_parts(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
 }
 
 /// The bytes of the rows `column` holds, not of the buffers it may share
-/// with a larger array it was sliced from.
+/// with a larger array it was sliced from. Overestimates are safe (more,
+/// smaller messages), underestimates are not: view arrays keep their data in
+/// buffers a slice does not narrow, so they count whole, and a dictionary is
+/// sent expanded, so it counts as its rows times an average value.
 fn slice_bytes(column: &dyn Array) -> usize {
+    if matches!(
+        column.data_type(),
+        DataType::Utf8View | DataType::BinaryView
+    ) {
+        return column.get_buffer_memory_size();
+    }
+    if let Some(dict) = column.as_any_dictionary_opt() {
+        let values = dict.values();
+        let per_value = values.get_buffer_memory_size() / values.len().max(1);
+        return column.len().saturating_mul(per_value + 8);
+    }
     column
         .to_data()
         .get_slice_memory_size()
@@ -76,7 +90,7 @@ mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{Float64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::datatypes::{Field, Schema};
     use futures::TryStreamExt;
 
     use super::*;

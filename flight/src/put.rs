@@ -5,10 +5,12 @@
 //!
 //! Channel types follow the Arrow types: floats are f64, integers i64,
 //! booleans bool, strings str; a null leaves that channel out of that
-//! reading. A batch is checked whole before any of it is appended, so a bad
-//! row refuses its batch; earlier batches stay stored, and the error says
-//! how many rows that was. Memory per put is one decoded batch (bounded by
-//! the gRPC message limit) plus one append chunk of readings.
+//! reading. A batch is checked whole before any of it is appended (times,
+//! devices, names, strings, channel types against the table), so such a bad
+//! row refuses its batch. What only the store decides (retention, a disk
+//! that fills) can still stop a batch midway; earlier rows stay stored, and the error says how
+//! many. Memory per put is one decoded batch (bounded by the gRPC message
+//! limit), its cast columns, and one append chunk of readings.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -22,8 +24,8 @@ use datafusion::arrow::datatypes::{
     DataType, Float64Type, Int64Type, TimeUnit, TimestampNanosecondType,
 };
 use futures::{StreamExt, TryStreamExt};
-use wattson_storage::model::{DEVICE_COLUMN, TIME_COLUMN};
-use wattson_storage::{Reading, Store, Value};
+use wattson_storage::model::{DEVICE_COLUMN, MAX_STRING_BYTES, TIME_COLUMN};
+use wattson_storage::{ChannelType, Reading, Store, TableDef, Value};
 
 use crate::error::{Error, Result};
 
@@ -32,7 +34,7 @@ use crate::error::{Error, Result};
 const CHUNK_ROWS: usize = 8_192;
 
 /// What one channel column becomes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     F64,
     I64,
@@ -95,7 +97,8 @@ async fn import_batches(
             FlightError::Arrow(a) => Error::Arrow(a),
             other => Error::InvalidArgument(format!("reading the put stream: {other}")),
         })?;
-        let checked = Arc::new(Checked::new(table, &batch)?);
+        let known = store.table(table);
+        let checked = Arc::new(Checked::new(table, known.as_ref(), &batch)?);
         let mut offset = 0;
         while offset < batch.num_rows() {
             let rows = offset..CHUNK_ROWS.min(batch.num_rows() - offset) + offset;
@@ -121,7 +124,7 @@ struct Checked {
 }
 
 impl Checked {
-    fn new(table: &str, batch: &RecordBatch) -> Result<Checked> {
+    fn new(table: &str, known: Option<&TableDef>, batch: &RecordBatch) -> Result<Checked> {
         let schema = batch.schema();
         let column = |name: &str| -> Result<&ArrayRef> {
             schema
@@ -189,12 +192,38 @@ impl Checked {
             }
             wattson_storage::model::validate_channel_name(name)?;
             let k = kind(name, field.data_type())?;
+            let ty = match k {
+                Kind::F64 => ChannelType::F64,
+                Kind::I64 => ChannelType::I64,
+                Kind::Bool => ChannelType::Bool,
+                Kind::Str => ChannelType::Str,
+            };
+            // The store would refuse the first chunk with a value here, after
+            // earlier chunks of the batch were stored.
+            if let Some((_, have)) = known
+                .and_then(|def| def.channels.iter().find(|(n, _)| n == name))
+                .filter(|(_, have)| *have != ty)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "channel `{name}` of table `{table}` holds {have}, the batch has {ty}; nothing of the batch was stored"
+                )));
+            }
             let array = match k {
                 Kind::F64 => cast(batch.column(i), &DataType::Float64)?,
                 Kind::I64 => cast(batch.column(i), &DataType::Int64)?,
                 Kind::Str => cast(batch.column(i), &DataType::Utf8)?,
                 Kind::Bool => batch.column(i).clone(),
             };
+            if k == Kind::Str
+                && let Some(row) = array
+                    .as_string::<i32>()
+                    .iter()
+                    .position(|v| v.is_some_and(|v| v.len() > MAX_STRING_BYTES))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "row {row}: `{name}` is longer than {MAX_STRING_BYTES} bytes; nothing of the batch was stored"
+                )));
+            }
             channels.push((Arc::<str>::from(name.as_str()), k, array));
         }
         Ok(Checked {
@@ -268,7 +297,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let r = Checked::new("power", &batch).unwrap().readings(0..2);
+        let r = Checked::new("power", None, &batch).unwrap().readings(0..2);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].time, 1_000_000);
         assert_eq!(r[0].values, vec![(Arc::from("pa_v"), Value::F64(230.0))]);
@@ -284,7 +313,10 @@ mod tests {
         )]));
         let batch =
             RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["m1"]))]).unwrap();
-        let err = Checked::new("power", &batch).err().unwrap().to_string();
+        let err = Checked::new("power", None, &batch)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("`time`"), "{err}");
     }
     proptest::proptest! {
@@ -324,7 +356,7 @@ mod tests {
             );
             // Same names for two columns: no batch to check.
             let Ok(batch) = batch else { return Ok(()) };
-            if let Ok(checked) = Checked::new("power", &batch) {
+            if let Ok(checked) = Checked::new("power", None, &batch) {
                 let readings = checked.readings(0..n);
                 proptest::prop_assert_eq!(readings.len(), n);
                 for r in &readings {

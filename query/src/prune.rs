@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
 
@@ -178,8 +179,12 @@ pub(crate) fn timestamp_ns(e: &Expr) -> Option<i64> {
     let value = match unalias(e) {
         Expr::Literal(value, _) => value,
         // Before type coercion (gap filling reads the plan then), a time
-        // literal is still a string or a cast of one.
-        Expr::Cast(c) => return timestamp_ns(&c.expr),
+        // literal is still a string or a cast of one. Only a cast to a
+        // timestamp keeps the string's time: a cast to DATE drops it, so a
+        // bound read through one would prune rows the filter keeps.
+        Expr::Cast(c) if matches!(c.field.data_type(), DataType::Timestamp(_, _)) => {
+            return timestamp_ns(&c.expr);
+        }
         _ => return None,
     };
     match value {

@@ -433,9 +433,21 @@ fn dashboard_sessions_cookies_csrf_logout_api_and_metrics() {
     let volts = get(&format!("/api/kwh?{}", q("pa_v", 0, now)));
     assert_eq!(volts.status, 400, "{}", volts.text());
     assert!(
-        volts.text().contains("`pa_v` is not one"),
+        volts.text().contains("none of `pa_v` is one"),
         "{}",
         volts.text()
+    );
+    // Volts next to watts (as the history page's ticked boxes may be): the
+    // power channel's bars.
+    let both = get(&format!(
+        "/api/kwh?{}",
+        q("pa_v,wd_p", now - 86_400_000, now)
+    ));
+    assert_eq!(both.status, 200, "{}", both.text());
+    assert!(
+        both.text().contains("\"wd_p\"") && !both.text().contains("pa_v"),
+        "{}",
+        both.text()
     );
 
     // Logout ends the session on the server; the other session lives on.

@@ -412,6 +412,14 @@ err = put("partial", batch(100, 0), batch(20000, 100, bad_row=19000))
 assert "row 19000" in err and "null `device`" in err, err
 assert "100 rows of this put were stored before it" in err, err
 assert rows("partial") == 100, rows("partial")
+# A channel of another type than the table's refuses its batch whole.
+other = pa.record_batch([
+    pa.array([1_656_633_600_000 + i * 1000 for i in range(20000)], pa.timestamp("ms")),
+    pa.array(["m1"] * 20000), pa.array(["x"] * 20000),
+], names=["time", "device", "p"])
+err = put("partial", other)
+assert "holds f64" in err and "rows of this put" not in err, err
+assert rows("partial") == 100, rows("partial")
 # A time that does not fit in nanoseconds is named as such, not as a null.
 far = pa.record_batch([
     pa.array([10**12], pa.timestamp("s")), pa.array(["m1"]), pa.array([1.0]),

@@ -209,10 +209,26 @@ struct Bucket {
 const OVERFLOW_KEY: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// The source of logins from a listener that cannot tell its clients'
-/// addresses apart (rumqttd's auth hook is given none): they all share one
-/// bucket, so guessing through that listener is held to the same rate as
-/// from one address. No client ever has this address.
+/// addresses apart (rumqttd's auth hook is given none). They are throttled
+/// per account name instead (see [`throttle_source`]). No client ever has
+/// this address.
 pub const UNKNOWN_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+/// The throttle bucket of a login from `addr` as `name`. For
+/// [`UNKNOWN_SOURCE`] that is a bucket per name (a hash of it in 0.0.0.0/8,
+/// where no client is): guessing one account's password through that
+/// listener is held to the per-address rate, and one guesser cannot shut
+/// every other subscriber out, as a single shared bucket would.
+pub(crate) fn throttle_source(addr: IpAddr, name: &str) -> IpAddr {
+    if addr != UNKNOWN_SOURCE {
+        return addr;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.to_lowercase().hash(&mut h);
+    let [a, b, c, ..] = h.finish().to_le_bytes();
+    IpAddr::V4(Ipv4Addr::new(0, a, b, c))
+}
 
 impl AddrThrottle {
     pub(crate) fn new(policy: &AuthPolicy) -> Self {

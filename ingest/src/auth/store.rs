@@ -13,7 +13,7 @@ use rand::rngs::OsRng;
 use subtle::ConstantTimeEq;
 
 use super::file::{self, Contents, Device, Stamp, User};
-use super::limits::{AddrThrottle, AuthPolicy, Lockouts};
+use super::limits::{AddrThrottle, AuthPolicy, Lockouts, throttle_source};
 use super::{AuthError, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, Role, USER_FILE_NAME};
 use crate::{Error, Result};
 
@@ -381,6 +381,7 @@ impl UserStore {
     /// The fast half of [`verify`](Self::verify): throttle, lockout, lookup,
     /// and the whole check for devices. Cheap enough for an async executor.
     pub(crate) fn prepare(&self, name: &str, password: &str, source: Option<IpAddr>) -> Prepared {
+        let source = source.map(|addr| throttle_source(addr, name));
         let now = self.policy.clock.now();
         if let Err(e) = self.throttle.take(source, now) {
             self.counters.throttled.fetch_add(1, Ordering::Relaxed);
