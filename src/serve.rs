@@ -88,7 +88,8 @@ listen = "0.0.0.0:50051"
 # TLS on when both are set: PEM certificate chain and private key.
 cert = ""
 key = ""
-# Largest gRPC message received or sent (MiB); result batches are split to fit.
+# Largest gRPC message received or sent (MiB), 4 to 1024; results are sent in
+# messages of about 2 MiB.
 max_message_mib = 64
 # Prepared statements one user may keep open; more drop the oldest.
 max_prepared_per_user = 64
@@ -375,7 +376,7 @@ impl Config {
             (
                 "flight.max_message_mib",
                 self.flight.max_message_mib as u64,
-                1,
+                4,
                 1024,
             ),
             (
@@ -817,6 +818,7 @@ mod tests {
                 "[ingest]\nmax_payload_kib = 300000\n",
                 "between 1 and 262143",
             ),
+            ("[flight]\nmax_message_mib = 1\n", "between 4 and 1024"),
         ] {
             let config: Config = toml::from_str(text).unwrap();
             let err = config.check().unwrap_err().to_string();
