@@ -317,6 +317,15 @@ pub(crate) struct Selection {
 }
 
 impl Selection {
+    /// The channel names in the request, if it names any.
+    fn wanted(&self) -> Vec<&str> {
+        self.channels
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
     /// The table's numeric channels that were asked for, checked against
     /// the schema (so they are safe to quote into SQL).
     fn channels(&self, app: &AppState) -> Result<Vec<String>> {
@@ -342,12 +351,7 @@ impl Selection {
         if self.to <= self.from {
             return Err(Error::BadRequest("`to` must be after `from`".into()));
         }
-        let wanted: Vec<&str> = self
-            .channels
-            .split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
+        let wanted = self.wanted();
         if wanted.is_empty() {
             return Ok(def
                 .channels
@@ -462,7 +466,7 @@ pub(crate) async fn kwh(
     Query(sel): Query<Selection>,
 ) -> Result<Response> {
     let asked = sel.channels(&app)?;
-    let explicit = sel.channels.split(',').any(|c| !c.trim().is_empty());
+    let explicit = !sel.wanted().is_empty();
     let channels: Vec<String> = asked
         .iter()
         .filter(|c| c.ends_with("_p"))

@@ -62,7 +62,7 @@ impl FlightService for Gate {
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
         // Never unthrottled: a connection without an address (not TCP) is
-        // throttled with the others that have none.
+        // throttled per account name, as the subscriber port is.
         let peer = request.remote_addr().map_or(UNKNOWN_SOURCE, |a| a.ip());
         let (metadata, _, mut stream) = request.into_parts();
         // Clients with header credentials may send no message at all, or

@@ -100,8 +100,8 @@ async fn decide(
             "client id must be non-empty and must not start with `{RESERVED_PREFIX}`"
         ));
     }
-    // The auth hook is not given the peer address: every subscriber login
-    // shares one throttle bucket (and per-account lockout applies).
+    // The auth hook is not given the peer address: the throttle then keeps
+    // a bucket per account name (and per-account lockout applies).
     match verifier
         .verify_async(username, password, Some(UNKNOWN_SOURCE))
         .await
