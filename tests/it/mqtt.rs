@@ -14,7 +14,9 @@ use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use wattson_ingest::auth::UserStore;
 
-use crate::serve::{exported_rows, setup, start, start_with, stop, wattson};
+use crate::serve::{
+    exported_rows, serve_on_free_ports, setup, spawn_listening, start, start_with, stop, wattson,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -401,6 +403,25 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// Waits until `wattson_mqtt_{name}` on the metrics listener reads `want`.
+fn wait_for_mqtt_metric(metrics: u16, name: &str, want: u64) {
+    let line = format!("wattson_mqtt_{name} ");
+    let deadline = Instant::now() + WAIT;
+    let mut last = None;
+    while Instant::now() < deadline {
+        let page = crate::dashboard::http(metrics, "GET", "/metrics", &[], b"").text();
+        last = page
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if last == Some(want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("wattson_mqtt_{name} stayed {last:?}, expected {want}");
+}
+
 /// A logged-in raw connection of device `id` (CONNACK read).
 fn raw_login(port: u16, id: &str, secret: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -425,7 +446,23 @@ fn limits_in_wattson_toml_are_enforced() {
          [ingest]\nmax_payload_kib = 1\n",
     )
     .unwrap();
-    let (server, port) = start_with(&data, &["--config", config.to_str().unwrap()], "listen");
+    let mut cmd = serve_on_free_ports(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let (server, ports) = spawn_listening(
+        &mut cmd,
+        &[
+            ("meters listening", "listen"),
+            ("metrics listening", "metrics_listen"),
+        ],
+    );
+    let (port, metrics) = (ports[0], ports[1]);
 
     let rt = runtime();
     let (client, mut ev) = AsyncClient::new(options("m1", &secret, port), 10);
@@ -453,16 +490,22 @@ fn limits_in_wattson_toml_are_enforced() {
     assert!(closed_within(&mut oversized, WAIT), "oversized packet");
 
     // m1 plus two silent sockets fill max_connections = 3: the fourth is
-    // closed at once, the silent ones after connect_timeout_s.
+    // closed at once, the silent ones after connect_timeout_s. The server's
+    // own count says when a slot is taken or given back: the client sees a
+    // close a moment before the server's task lets go of its slot, and a
+    // loaded machine may accept a socket late.
+    wait_for_mqtt_metric(metrics, "connections_open", 1);
     let started = Instant::now();
     let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let _second = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for_mqtt_metric(metrics, "connections_open", 3);
     let mut fourth = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(
-        closed_within(&mut fourth, Duration::from_millis(1000)),
-        "connection 4 of 3 must be closed at once"
+        closed_within(&mut fourth, WAIT),
+        "connection 4 of 3 must be closed"
     );
+    // Refused for the limit, not closed later by the connect timeout.
+    wait_for_mqtt_metric(metrics, "connections_refused_limit_total", 1);
     assert!(closed_within(&mut silent, WAIT), "silent socket");
     let waited = started.elapsed();
     assert!(
