@@ -17,12 +17,13 @@
 //! - Messages are bounded in both directions; TLS is optional.
 //!
 //! [`FlightServer::start`] binds and serves; [`FlightServer::shutdown`]
-//! stops accepting, ends running `DoGet`s with `CANCELLED` and lets other
-//! calls finish. `docs/flight.md` has the
-//! protocol details.
+//! stops accepting, ends running `DoGet`s with `CANCELLED`, lets other
+//! calls finish for up to [`SHUTDOWN_GRACE`], then closes what is left.
+//! `docs/flight.md` has the protocol details.
 
 mod auth;
 mod cancel;
+mod closable;
 mod encode;
 mod error;
 mod gate;
@@ -34,8 +35,11 @@ mod sql;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use wattson_ingest::auth::{TokenStore, Verifier};
@@ -78,12 +82,17 @@ pub struct Deps {
     pub tokens: Arc<TokenStore>,
 }
 
+/// How long a shutdown lets calls in flight finish before it closes their
+/// connections: a client that stopped reading would hold it forever.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A running Flight server.
 #[derive(Debug)]
 pub struct FlightServer {
     addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     running: Arc<cancel::Running>,
+    close_connections: CancellationToken,
     task: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
 
@@ -117,7 +126,11 @@ impl FlightServer {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Startup(format!("Flight listener address: {e}")))?;
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let close_connections = CancellationToken::new();
+        let close = close_connections.clone();
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(move |accepted| accepted.map(|io| closable::Closable::new(io, &close)));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = builder.add_service(service);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -127,6 +140,7 @@ impl FlightServer {
             addr,
             stop,
             running,
+            close_connections,
             task,
         })
     }
@@ -138,11 +152,23 @@ impl FlightServer {
 
     /// Stops accepting calls, stops running DoGets (their clients get
     /// `CANCELLED`: the server is shutting down) and waits for the other
-    /// calls to finish.
-    pub async fn shutdown(self) -> Result<()> {
+    /// calls to finish. Connections still open after [`SHUTDOWN_GRACE`]
+    /// are closed.
+    pub async fn shutdown(mut self) -> Result<()> {
         let _ = self.stop.send(());
         self.running.stop_all();
-        match self.task.await {
+        let finished = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(finished) => finished,
+            Err(_) => {
+                tracing::warn!(
+                    grace = ?SHUTDOWN_GRACE,
+                    "Flight: calls still open after the shutdown grace (clients that stopped reading?); closing their connections"
+                );
+                self.close_connections.cancel();
+                self.task.await
+            }
+        };
+        match finished {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Internal(format!("Flight server: {e}"))),
             Err(e) => Err(Error::Internal(format!("Flight server task: {e}"))),

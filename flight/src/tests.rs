@@ -411,14 +411,39 @@ async fn cancel_stops_the_callers_running_do_gets_only() {
         "{err}"
     );
 
-    // Shutting down stops a running pull instead of waiting for it.
+    // Shutting down stops a running pull instead of waiting for it: a
+    // client that reads on gets CANCELLED. One that stopped reading cannot
+    // take the end of its stream, so it holds the shutdown until the grace
+    // is over; then its connection is closed.
     let mut endless = ana
         .do_get(info.endpoint[0].ticket.clone().unwrap())
         .await
         .unwrap();
     assert_eq!(end_of(&mut endless, 2).await, None);
-    f.server.shutdown().await.unwrap();
-    let Some(Code::Cancelled) = end_of(&mut endless, 10_000).await else {
-        panic!("the pull went on past shutdown")
-    };
+    let bob_info = bob.get_flight_info(long).await.unwrap();
+    let bob_ticket = bob_info.endpoint[0].ticket.clone().unwrap();
+    let mut stalled = bob.do_get(bob_ticket).await.unwrap();
+    assert_eq!(end_of(&mut stalled, 2).await, None);
+    // Time for the server to fill the stalled stream's flow-control window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    let (stopped, ended) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(f.server.shutdown(), end_of(&mut endless, 100_000))
+    })
+    .await
+    .expect("shutdown must not wait for a client that stopped reading");
+    stopped.unwrap();
+    assert_eq!(
+        ended,
+        Some(Code::Cancelled),
+        "the pull went on past shutdown"
+    );
+    assert!(started.elapsed() >= crate::SHUTDOWN_GRACE);
+    loop {
+        match stalled.next().await {
+            Some(Ok(_)) => {}
+            Some(Err(_)) => break,
+            None => panic!("a closed connection must not end as if complete"),
+        }
+    }
 }
