@@ -406,8 +406,10 @@ enum BenchCommand {
     /// from a Flight server on loopback: DoGet into pyarrow, and the seed's
     /// `pd.read_sql_table` over ADBC Flight SQL, against the same
     /// `pd.read_sql_table` from PostgreSQL (installed with apt-get when
-    /// missing). Reports MB/s, rows/s and client peak memory. Build with
-    /// --release for real figures.
+    /// missing), which holds the rows twice: in the seed's fixed-point
+    /// `numeric` columns and in `double precision` ones. Reports MB/s,
+    /// rows/s and client peak memory. Build with --release for real
+    /// figures.
     Flight {
         /// Rows of the device-month (1 Hz; at most 2678400, all of July).
         #[arg(long, default_value_t = 2_678_400)]
