@@ -343,7 +343,18 @@ async fn cancel_stops_the_callers_running_do_gets_only() {
 
     let f = fixture(4).await;
     let mut ana = flight_client(&f, "ana").await;
-    let mut bob = flight_client(&f, "bob").await;
+    // bob's flow-control windows are small, so that the stream he stops
+    // reading at the end fills them at once.
+    let bob_channel = Channel::from_shared(format!("http://{}", f.server.local_addr()))
+        .unwrap()
+        .initial_stream_window_size(Some(64 << 10))
+        .initial_connection_window_size(Some(64 << 10))
+        .connect()
+        .await
+        .unwrap();
+    let bob_bearer = login_as(bob_channel.clone(), "bob").await;
+    let mut bob = arrow_flight::FlightClient::new(bob_channel);
+    bob.add_header("authorization", &bob_bearer).unwrap();
     // Ten billion rows: it streams until stopped.
     let long = statement("SELECT * FROM power, generate_series(1, 1000000) g");
     let info = ana.get_flight_info(long.clone()).await.unwrap();
@@ -424,7 +435,7 @@ async fn cancel_stops_the_callers_running_do_gets_only() {
     let bob_ticket = bob_info.endpoint[0].ticket.clone().unwrap();
     let mut stalled = bob.do_get(bob_ticket).await.unwrap();
     assert_eq!(end_of(&mut stalled, 2).await, None);
-    // Time for the server to fill the stalled stream's flow-control window.
+    // Time for the server to make the message that will not fit.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = std::time::Instant::now();
     let (stopped, ended) = tokio::time::timeout(Duration::from_secs(60), async {

@@ -402,10 +402,16 @@ async fn pruning_off_reads_every_partition_for_the_same_answer() {
 async fn writes_and_server_file_access_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(fixture(dir.path()), true);
+    let copy_to = dir.path().join("copy.csv");
+    let copy_csv = format!("COPY (SELECT 1) TO '{}'", copy_to.display());
+    let copy_parquet = format!(
+        "COPY power_consumption TO '{}'",
+        dir.path().join("copy.parquet").display()
+    );
     for sql in [
         "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'",
-        "COPY (SELECT 1) TO '/tmp/wattson-copy-test.csv'",
-        "COPY power_consumption TO '/tmp/wattson-copy-test.parquet'",
+        &copy_csv,
+        &copy_parquet,
         "INSERT INTO power_consumption VALUES (1)",
         "CREATE TABLE t AS SELECT 1",
         "CREATE VIEW v AS SELECT 1",
@@ -418,7 +424,8 @@ async fn writes_and_server_file_access_are_refused() {
             other => panic!("{sql}: expected a refusal, got {other:?}"),
         }
     }
-    assert!(!Path::new("/tmp/wattson-copy-test.csv").exists());
+    assert!(!copy_to.exists());
+    assert!(!dir.path().join("copy.parquet").exists());
     // The tables are still there.
     assert!(
         engine

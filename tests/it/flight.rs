@@ -308,6 +308,7 @@ fn unsafe_sql_is_refused_and_heavy_queries_stop_while_the_server_stays_up() {
     let config = dir.path().join("wattson.toml");
     std::fs::write(&config, "[query]\nmemory_limit_mib = 8\ntimeout_s = 20\n").unwrap();
     let (server, port) = start(&data, &["--config", config.to_str().unwrap()]);
+    let leak = dir.path().join("leak.csv");
     let out = py(
         r#"
 import os
@@ -316,7 +317,7 @@ conn = db.connect(f"grpc://127.0.0.1:{os.environ['PORT']}",
     db_kwargs={"username": "admin", "password": os.environ["ADMIN_PASSWORD"]})
 cur = conn.cursor()
 for sql, want in [
-    ("COPY (SELECT * FROM power_consumption) TO '/tmp/wattson-leak.csv'", "not allowed"),
+    (f"COPY (SELECT * FROM power_consumption) TO '{os.environ['LEAK']}'", "not allowed"),
     ("CREATE EXTERNAL TABLE pw (line VARCHAR) STORED AS CSV LOCATION '/etc/passwd'", "not allowed"),
     ("INSERT INTO power_consumption VALUES (1)", "not allowed"),
     ("SET datafusion.execution.batch_size = 1", "not allowed"),
@@ -336,7 +337,7 @@ assert cur.fetchone() == (3,)
 print("ok")
 "#,
         port,
-        &[],
+        &[("LEAK", leak.to_str().unwrap())],
     );
     assert!(out.contains("ok"), "{out}");
     let join = out
@@ -344,7 +345,7 @@ print("ok")
         .find(|l| l.starts_with("refused: SELECT a.value"))
         .unwrap();
     assert!(join.contains("memory"), "{out}");
-    assert!(!Path::new("/tmp/wattson-leak.csv").exists());
+    assert!(!leak.exists());
     stop(server);
 }
 

@@ -215,16 +215,52 @@ fn demo_prints_credentials_and_stores_live_readings_within_seconds() {
         banner.contains("demo-0001, demo-0002, demo-0003"),
         "{banner}"
     );
-    std::thread::sleep(Duration::from_secs(5));
+    // The meters connect after the banner and publish at 1 Hz. Read-only
+    // exports beside the running demo show when each has stored three
+    // readings (the table does not exist before the first).
+    let meters = ["demo-0001", "demo-0002", "demo-0003"];
+    let started = Instant::now();
+    let mut counts = Vec::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        let out = wattson(&data)
+            .args([
+                "export",
+                "--table",
+                "power_consumption",
+                "--format",
+                "csv",
+                "-",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        counts = meters
+            .iter()
+            .map(|m| {
+                text.lines()
+                    .filter(|l| l.contains(&format!(",{m},")))
+                    .count()
+            })
+            .collect();
+        if out.status.success() && counts.iter().all(|n| *n >= 3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     Command::new("kill")
         .args(["-INT", &demo.id().to_string()])
         .status()
         .unwrap();
     assert!(demo.wait().unwrap().success());
+    assert!(
+        counts.iter().all(|n| *n >= 3),
+        "readings of {meters:?} after {:?}: {counts:?}",
+        started.elapsed()
+    );
     let rows = stored(&data);
-    for m in ["demo-0001", "demo-0002", "demo-0003"] {
+    for m in meters {
         let n = rows.iter().filter(|(d, _)| d == m).count();
-        assert!(n >= 3, "{m}: {n} readings stored in 5 s");
+        assert!(n >= 3, "{m}: {n} readings stored");
     }
     // The credentials file lets `wattson simulate` reuse the meters.
     let creds = std::fs::read_to_string(data.join("demo-meters.txt")).unwrap();

@@ -168,7 +168,10 @@ async fn stalled_storage_withholds_pubacks_then_drains_without_loss() {
     // The client keeps pinging and writing; the server answers nothing.
     let early = pubacks_during(&mut ev, Duration::from_millis(1500)).await;
     assert_eq!(early, 0, "a PUBACK while the disk was stalled");
-    let s = env.stats();
+    // On a loaded machine the server may still be reading up to its limit.
+    let s = env
+        .stats_when(|s| s.messages_qos1 >= 1 + INFLIGHT as u64)
+        .await;
     assert_eq!(s.pubacks_sent, 1);
     assert_eq!(
         s.messages_qos1,
@@ -244,15 +247,18 @@ async fn a_socket_that_never_sends_connect_is_dropped_after_the_timeout() {
     let secret = env.device("m1");
     let (client, mut ev) = env.client("m1", Some(("m1", &secret)));
     connect(&mut ev).await.unwrap();
-    let mut silent = tokio::net::TcpStream::connect(env.addr()).await.unwrap();
+    // The server's clock starts at accept, which may come before
+    // `connect` returns here.
     let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(env.addr()).await.unwrap();
     assert!(is_closed(&mut silent, WAIT).await);
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(10),
         "closed after {waited:?}"
     );
-    assert_eq!(env.stats().connections_open, 1);
+    let open = env.stats_when(|s| s.connections_open == 1).await;
+    assert_eq!(open.connections_open, 1);
     // Half a CONNECT is as good as none.
     let mut partial = tokio::net::TcpStream::connect(env.addr()).await.unwrap();
     partial.write_all(&[0x10, 0x20, 0x00]).await.unwrap();

@@ -282,7 +282,8 @@ fn read_only_opens_beside_a_busy_writer_see_consistent_snapshots() {
         })
     };
     let mut opened = 0;
-    while !worker.is_finished() {
+    // At least one open, even if the writer finished before the first.
+    while !worker.is_finished() || opened == 0 {
         let floor = acked.load(Ordering::SeqCst);
         let reader = match Store::open_read_only(dir.path(), opts.clone()) {
             Ok(reader) => reader,
