@@ -81,12 +81,16 @@ pub(crate) fn exported_rows(data: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `wattson export` of a whole table as CSV, header included.
+/// `wattson export` of a whole table as CSV to stdout, header included.
+pub(crate) fn export_command(data: &Path, table: &str) -> Command {
+    let mut cmd = wattson(data);
+    cmd.args(["export", "--table", table, "--format", "csv", "-"]);
+    cmd
+}
+
+/// The output of [`export_command`], which must succeed.
 pub(crate) fn export_csv(data: &Path, table: &str) -> String {
-    let out = wattson(data)
-        .args(["export", "--table", table, "--format", "csv", "-"])
-        .output()
-        .unwrap();
+    let out = export_command(data, table).output().unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::serve::{export_csv, free_port, setup, start_at, wattson};
+use crate::serve::{export_command, export_csv, free_port, setup, start_at, wattson};
 
 const DEVICES: usize = 3;
 
@@ -222,17 +222,7 @@ fn demo_prints_credentials_and_stores_live_readings_within_seconds() {
     let started = Instant::now();
     let mut counts = Vec::new();
     while started.elapsed() < Duration::from_secs(60) {
-        let out = wattson(&data)
-            .args([
-                "export",
-                "--table",
-                "power_consumption",
-                "--format",
-                "csv",
-                "-",
-            ])
-            .output()
-            .unwrap();
+        let out = export_command(&data, "power_consumption").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         counts = meters
             .iter()

@@ -169,9 +169,7 @@ async fn stalled_storage_withholds_pubacks_then_drains_without_loss() {
     let early = pubacks_during(&mut ev, Duration::from_millis(1500)).await;
     assert_eq!(early, 0, "a PUBACK while the disk was stalled");
     // On a loaded machine the server may still be reading up to its limit.
-    let s = env
-        .stats_when(|s| s.messages_qos1 >= 1 + INFLIGHT as u64)
-        .await;
+    let s = env.stats_when(|s| s.messages_qos1 > INFLIGHT as u64).await;
     assert_eq!(s.pubacks_sent, 1);
     assert_eq!(
         s.messages_qos1,
