@@ -10,7 +10,7 @@
 //! in one row (`seed_fig3.csv`), a fixed scale per column, which a float
 //! column does not print. psycopg2 turns each such value into a Python
 //! `Decimal`, which is what makes the seed's path slow (the issue measured
-//! 45 s on this machine; this reproduces 48-54 s). The same rows in
+//! 45 s on this machine; this takes 40-54 s). The same rows in
 //! `double precision` columns, PostgreSQL's fastest path into pandas, are
 //! pulled too and reported beside it (`*_float8`).
 //!
@@ -422,16 +422,16 @@ impl Postgres {
             .map(|f| f.name().as_str())
             .filter(|name| *name != "dt")
             .collect();
-        let quoted = |names: &mut dyn Iterator<Item = String>| names.collect::<Vec<_>>().join(", ");
-        let float8 = quoted(&mut channels.iter().map(|c| format!("\"{c}\" double precision")));
+        let joined = |names: &mut dyn Iterator<Item = String>| names.collect::<Vec<_>>().join(", ");
+        let float8 = joined(&mut channels.iter().map(|c| format!("\"{c}\" double precision")));
         // Currents have two decimals, voltages and powers one (`simdata`);
         // the check below refuses a copy that rounded anything.
-        let numeric = quoted(&mut channels.iter().map(|c| {
+        let numeric = joined(&mut channels.iter().map(|c| {
             let scale = if c.ends_with("_a") { 2 } else { 1 };
             format!("\"{c}\"::numeric(12, {scale}) AS \"{c}\"")
         }));
-        let plain = quoted(&mut channels.iter().map(|c| format!("f.\"{c}\"")));
-        let back = quoted(
+        let plain = joined(&mut channels.iter().map(|c| format!("f.\"{c}\"")));
+        let back = joined(
             &mut channels
                 .iter()
                 .map(|c| format!("n.\"{c}\"::double precision")),
