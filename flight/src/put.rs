@@ -33,27 +33,19 @@ use crate::error::{Error, Result};
 /// the seed's 18 channels.
 const CHUNK_ROWS: usize = 8_192;
 
-/// What one channel column becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    F64,
-    I64,
-    Bool,
-    Str,
-}
-
-fn kind(name: &str, dt: &DataType) -> Result<Kind> {
+/// The type a channel column is stored as.
+fn channel_type(name: &str, dt: &DataType) -> Result<ChannelType> {
     Ok(match dt {
-        DataType::Float16 | DataType::Float32 | DataType::Float64 => Kind::F64,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => ChannelType::F64,
         DataType::Int8
         | DataType::Int16
         | DataType::Int32
         | DataType::Int64
         | DataType::UInt8
         | DataType::UInt16
-        | DataType::UInt32 => Kind::I64,
-        DataType::Boolean => Kind::Bool,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Kind::Str,
+        | DataType::UInt32 => ChannelType::I64,
+        DataType::Boolean => ChannelType::Bool,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ChannelType::Str,
         other => {
             return Err(Error::InvalidArgument(format!(
                 "column `{name}` has type {other}; channels must be float, integer (at most 32-bit unsigned), boolean or string"
@@ -120,7 +112,7 @@ struct Checked {
     table: Arc<str>,
     times: ArrayRef,
     devices: ArrayRef,
-    channels: Vec<(Arc<str>, Kind, ArrayRef)>,
+    channels: Vec<(Arc<str>, ChannelType, ArrayRef)>,
 }
 
 impl Checked {
@@ -191,13 +183,7 @@ impl Checked {
                 continue;
             }
             wattson_storage::model::validate_channel_name(name)?;
-            let k = kind(name, field.data_type())?;
-            let ty = match k {
-                Kind::F64 => ChannelType::F64,
-                Kind::I64 => ChannelType::I64,
-                Kind::Bool => ChannelType::Bool,
-                Kind::Str => ChannelType::Str,
-            };
+            let ty = channel_type(name, field.data_type())?;
             // The store would refuse the first chunk with a value here, after
             // earlier chunks of the batch were stored.
             if let Some((_, have)) = known
@@ -208,13 +194,13 @@ impl Checked {
                     "channel `{name}` of table `{table}` holds {have}, the batch has {ty}; nothing of the batch was stored"
                 )));
             }
-            let array = match k {
-                Kind::F64 => cast(batch.column(i), &DataType::Float64)?,
-                Kind::I64 => cast(batch.column(i), &DataType::Int64)?,
-                Kind::Str => cast(batch.column(i), &DataType::Utf8)?,
-                Kind::Bool => batch.column(i).clone(),
+            let array = match ty {
+                ChannelType::F64 => cast(batch.column(i), &DataType::Float64)?,
+                ChannelType::I64 => cast(batch.column(i), &DataType::Int64)?,
+                ChannelType::Str => cast(batch.column(i), &DataType::Utf8)?,
+                ChannelType::Bool => batch.column(i).clone(),
             };
-            if k == Kind::Str
+            if ty == ChannelType::Str
                 && let Some(row) = array
                     .as_string::<i32>()
                     .iter()
@@ -224,7 +210,7 @@ impl Checked {
                     "row {row}: `{name}` is longer than {MAX_STRING_BYTES} bytes; nothing of the batch was stored"
                 )));
             }
-            channels.push((Arc::<str>::from(name.as_str()), k, array));
+            channels.push((Arc::<str>::from(name.as_str()), ty, array));
         }
         Ok(Checked {
             table: Arc::from(table),
@@ -243,15 +229,15 @@ impl Checked {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let mut values = Vec::with_capacity(self.channels.len());
-            for (name, k, array) in &self.channels {
+            for (name, ty, array) in &self.channels {
                 if array.is_null(row) {
                     continue;
                 }
-                let v = match k {
-                    Kind::F64 => Value::F64(array.as_primitive::<Float64Type>().value(row)),
-                    Kind::I64 => Value::I64(array.as_primitive::<Int64Type>().value(row)),
-                    Kind::Bool => Value::Bool(array.as_boolean().value(row)),
-                    Kind::Str => Value::Str(array.as_string::<i32>().value(row).to_owned()),
+                let v = match ty {
+                    ChannelType::F64 => Value::F64(array.as_primitive::<Float64Type>().value(row)),
+                    ChannelType::I64 => Value::I64(array.as_primitive::<Int64Type>().value(row)),
+                    ChannelType::Bool => Value::Bool(array.as_boolean().value(row)),
+                    ChannelType::Str => Value::Str(array.as_string::<i32>().value(row).to_owned()),
                 };
                 values.push((name.clone(), v));
             }

@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::serve::ok;
+
 pub(crate) const SEED_CSV: &str = "\
 dt,pa_v,pb_v,pc_v,wd_a,wd_p,rf_a,rf_p,ac01_a,ac01_p,rh01_a,rh01_p,mo_a,mo_p,ac02_a,ac02_p,rh02_a,rh02_p
 2022-07-19 15:24:21,0.0,214.9,0.0,0.38,83.6,0.00,0.0,5.81,2207.8,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0
@@ -21,16 +23,6 @@ fn command(data_dir: &Path, args: &[&str]) -> Command {
 
 fn wattson(data_dir: &Path, args: &[&str]) -> Output {
     command(data_dir, args).output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "wattson failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 /// Imports the seed CSV as `power_consumption` of `viconsl` into

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
@@ -90,13 +90,18 @@ pub(crate) fn export_command(data: &Path, table: &str) -> Command {
 
 /// The output of [`export_command`], which must succeed.
 pub(crate) fn export_csv(data: &Path, table: &str) -> String {
-    let out = export_command(data, table).output().unwrap();
+    ok(&export_command(data, table).output().unwrap())
+}
+
+/// The stdout of a `wattson` run that must have succeeded.
+pub(crate) fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
-        "{}",
+        "wattson failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 /// Starts the server and returns it with the port meters connect to.
@@ -528,16 +533,11 @@ fn a_reading_is_queryable_as_soon_as_its_puback_arrives() {
     );
     // `export` reads the same way beside the server.
     let csv = dir.path().join("power.csv");
-    let out = wattson(&data)
+    ok(&wattson(&data)
         .args(["export", "--table", "power", "--format", "csv"])
         .arg(&csv)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap());
     let text = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(text.lines().count(), 4, "{text}");
     assert!(text.contains("2.5"), "{text}");
